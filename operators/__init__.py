@@ -1,0 +1,1 @@
+"""Airflow operators of batchsite (mapped from the top-level ``operators/`` folder)."""

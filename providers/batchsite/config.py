@@ -1,0 +1,128 @@
+"""Site configuration: what an Airflow connection (or the built-in ``local`` site) says.
+
+Every extra is documented in README ("Site connections"). Unknown extras are refused, so a
+typo (``remote_rot``) fails at once with the list of known names instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from batchsite.model import Resources
+
+#: extras owned by the Airflow SSH provider; we pass them through untouched
+SSH_PROVIDER_EXTRAS = frozenset({
+    "key_file", "private_key", "private_key_passphrase", "passphrase", "host_key",
+    "no_host_key_check", "allow_host_key_change", "conn_timeout", "cmd_timeout", "compress",
+    "look_for_keys", "disabled_algorithms", "ciphers", "timeout", "auth_timeout",
+})
+
+#: the built-in site that needs no Airflow connection
+LOCAL_CONN_ID = "local"
+
+
+class SiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conn_id: str
+    scheduler: Literal["slurm", "htcondor", "local"]
+    transport: Literal["ssh", "openssh", "local"] = "ssh"
+    remote_root: str
+    env_script: str | None = None
+    python: str = "python3"
+    # connection facts (not secrets) the openssh transport and the logs need
+    host: str | None = None
+    port: int = 22
+    login: str | None = None
+    known_hosts: str | None = None
+    key_file: str | None = None
+    no_host_key_check: bool = False
+    control_path: str | None = None
+    control_persist: str = "10m"
+    # default resources for jobs on this site
+    partition: str | None = None
+    account: str | None = None
+    time_minutes: int | None = Field(default=None, gt=0)
+    mem_mb: int | None = Field(default=None, gt=0)
+    cpus: int = Field(default=1, gt=0)
+    job_flavour: str | None = None
+    # watching
+    poll_interval: float = Field(default=10.0, ge=0.2, le=3600)
+    outage_grace: float = Field(default=900.0, ge=0, le=7 * 86400)
+    vanish_grace: float = Field(default=120.0, ge=0, le=86400)
+    # HTCondor
+    schedd: str | None = None
+    spool: bool = False
+
+    @field_validator("remote_root", "env_script")
+    @classmethod
+    def _absolute(cls, v: str | None, info) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("/"):
+            raise ValueError(
+                f"{info.field_name}={v!r} must be an absolute path on the site, e.g. /home/<user>/batchsite"
+            )
+        if any(c in v for c in "\n\x00"):
+            raise ValueError(f"{info.field_name} must not contain newlines or NUL")
+        return v.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _needs_host(self) -> SiteConfig:
+        if self.transport in ("ssh", "openssh") and not self.host:
+            raise ValueError(f"transport={self.transport!r} needs the connection's host")
+        return self
+
+    def default_resources(self) -> Resources:
+        return Resources(
+            time_minutes=self.time_minutes, mem_mb=self.mem_mb, cpus=self.cpus,
+            partition=self.partition, account=self.account, job_flavour=self.job_flavour,
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        """What may be stored in a trigger row or XCom: no secrets are ever in this model."""
+        return self.model_dump(mode="json")
+
+
+class SiteConfigError(ValueError):
+    pass
+
+
+def _explain(conn_id: str, e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "connection"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown extra; known extras: {sorted(set(SiteConfig.model_fields) - {'conn_id'})}"
+        parts.append(f"{loc}: {msg}")
+    return f"site connection {conn_id!r}: " + "; ".join(parts)
+
+
+def local_site_config(root: str | None = None) -> SiteConfig:
+    root = root or os.environ.get("BATCHSITE_LOCAL_ROOT") or os.path.expanduser("~/batchsite-local")
+    return SiteConfig(
+        conn_id=LOCAL_CONN_ID, scheduler="local", transport="local",
+        remote_root=os.path.abspath(root), poll_interval=float(os.environ.get("BATCHSITE_LOCAL_POLL", "1")),
+        python=os.environ.get("BATCHSITE_LOCAL_PYTHON", "python3"),
+    )
+
+
+def site_config_from_connection(conn_id: str, host: str | None, port: int | None, login: str | None,
+                                extra: dict[str, Any]) -> SiteConfig:
+    fields = {k: v for k, v in extra.items() if k not in SSH_PROVIDER_EXTRAS}
+    if "key_file" in extra:
+        fields["key_file"] = extra["key_file"]
+    if str(extra.get("no_host_key_check", "false")).lower() == "true":
+        fields["no_host_key_check"] = True
+    if "transport" not in fields:
+        fields["transport"] = "ssh" if host else "local"
+    try:
+        return SiteConfig(conn_id=conn_id, host=host or None, port=port or 22, login=login or None, **fields)
+    except ValidationError as e:
+        raise SiteConfigError(_explain(conn_id, e)) from None
+    except TypeError as e:
+        raise SiteConfigError(f"site connection {conn_id!r}: {e}") from None

@@ -1,0 +1,203 @@
+"""One poller per site per process: K watched rounds cost ONE remote command per cycle.
+
+Triggers in the triggerer call ``watch(submission)`` and receive ``RoundStatus`` updates.
+The poller holds one transport (one SSH connection), runs the backend's status script for
+everything registered, and fans the parsed results out. When the site is unreachable it
+retries with capped exponential backoff; only an outage longer than ``outage_grace`` fails
+the watchers. A unit that left the queue without any witness of its outcome stays VANISHED
+for ``vanish_grace`` seconds (time for sacct / exit files to catch up), then becomes FAILED.
+
+No Airflow import: the benchmark and unit tests drive this directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from batchsite.backends.base import Backend
+from batchsite.model import JobState, RoundStatus, Submission, TaskStatus
+from batchsite.transport.base import AsyncTransport, HostKeyError, TransportError, backoff_delays
+
+log = logging.getLogger(__name__)
+
+
+class SiteOutage(Exception):
+    """The site (or its scheduler) stayed unreachable for longer than the grace period."""
+
+
+def apply_vanish_grace(
+    status: RoundStatus, first_seen: dict[tuple[str, str], float], now: float, grace: float
+) -> RoundStatus:
+    """Turn units VANISHED for longer than ``grace`` into FAILED (pure apart from ``first_seen``)."""
+
+    def settle(name: str, st: TaskStatus) -> TaskStatus:
+        k = (status.key, name)
+        if st.state is not JobState.VANISHED:
+            first_seen.pop(k, None)
+            return st
+        t0 = first_seen.setdefault(k, now)
+        if now - t0 >= grace:
+            return TaskStatus(state=JobState.FAILED, native="VANISHED",
+                              reason=f"left the queue with no exit code or accounting record for {grace:.0f}s")
+        return st
+
+    units = {i: settle(str(i), s) for i, s in status.units.items()}
+    fanin = settle("fanin", status.fanin) if status.fanin is not None else None
+    return status.model_copy(update={"units": units, "fanin": fanin})
+
+
+@dataclass
+class _Watch:
+    sub: Submission
+    queues: list[asyncio.Queue] = field(default_factory=list)
+
+
+class SitePoller:
+    def __init__(
+        self,
+        name: str,
+        transport: AsyncTransport,
+        backend: Backend,
+        *,
+        interval: float = 10.0,
+        outage_grace: float = 900.0,
+        vanish_grace: float = 120.0,
+        max_backoff: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.name = name
+        self.transport = transport
+        self.backend = backend
+        self.interval = interval
+        self.outage_grace = outage_grace
+        self.vanish_grace = vanish_grace
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self._watches: dict[str, _Watch] = {}
+        self._task: asyncio.Task | None = None
+        self._first_seen: dict[tuple[str, str], float] = {}
+        self._probed = False
+        self.cycles = 0  # status commands sent (what the benchmark counts)
+        self.on_idle: Callable[[SitePoller], None] | None = None
+
+    # ------------------------------------------------------------------ public
+    async def watch(self, sub: Submission) -> AsyncIterator[RoundStatus]:
+        q: asyncio.Queue = asyncio.Queue()
+        self._watches.setdefault(sub.key, _Watch(sub)).queues.append(q)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batchsite-poller-{self.name}")
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            w = self._watches.get(sub.key)
+            if w is not None and q in w.queues:
+                w.queues.remove(q)
+                if not w.queues:
+                    del self._watches[sub.key]
+
+    async def run_script(self, script: str) -> str:
+        """Run one extra command on the poller's connection (e.g. cancel from a trigger)."""
+        r = await self.transport.sh(script, timeout=120)
+        return r.out + r.err
+
+    # ------------------------------------------------------------------ loop
+    def _broadcast(self, item) -> None:
+        for w in list(self._watches.values()):
+            for q in w.queues:
+                q.put_nowait(item)
+
+    async def _run(self) -> None:
+        outage_since: float | None = None
+        delays = backoff_delays(min(1.0, self.interval), self.max_backoff)
+        try:
+            while self._watches:
+                subs = [w.sub for w in self._watches.values()]
+                try:
+                    if not self._probed:
+                        r = await self.transport.sh(self.backend.probe_script(), timeout=60)
+                        self.backend.apply_probe(r.out + r.err)
+                        self._probed = True
+                    self.cycles += 1
+                    r = await self.transport.sh(self.backend.render_status_script(subs), timeout=120)
+                    statuses = self.backend.parse_status(r.out, subs)
+                except HostKeyError as e:
+                    self._broadcast(e)
+                    return
+                except TransportError as e:
+                    outage_since = outage_since or self.clock()
+                    down = self.clock() - outage_since
+                    if down > self.outage_grace:
+                        self._broadcast(SiteOutage(
+                            f"site {self.name} unreachable for {down:.0f}s (> outage_grace "
+                            f"{self.outage_grace:.0f}s): {e}"))
+                        return
+                    wait = next(delays)
+                    log.warning("site %s unreachable (%s); retrying in %.0fs (down %.0fs of %.0fs grace)",
+                                self.name, e, wait, down, self.outage_grace)
+                    await asyncio.sleep(wait)
+                    continue
+                scheduler_down = any(not s.scheduler_ok for s in statuses.values())
+                if scheduler_down:
+                    outage_since = outage_since or self.clock()
+                    down = self.clock() - outage_since
+                    if down > self.outage_grace:
+                        self._broadcast(SiteOutage(
+                            f"scheduler on site {self.name} not answering for {down:.0f}s "
+                            f"(> outage_grace {self.outage_grace:.0f}s)"))
+                        return
+                else:
+                    outage_since = None
+                    delays = backoff_delays(min(1.0, self.interval), self.max_backoff)
+                now = self.clock()
+                for key, w in list(self._watches.items()):
+                    st = statuses.get(key)
+                    if st is None:
+                        continue
+                    if st.scheduler_ok:
+                        st = apply_vanish_grace(st, self._first_seen, now, self.vanish_grace)
+                    for q in w.queues:
+                        q.put_nowait(st)
+                await asyncio.sleep(self.interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a parser bug must reach the watchers, not die silently
+            log.exception("poller for site %s failed", self.name)
+            self._broadcast(e)
+        finally:
+            if self.on_idle is not None:
+                self.on_idle(self)
+
+
+# ---------------------------------------------------------------------- registry
+
+_POLLERS: dict[tuple[str, int], SitePoller] = {}
+
+
+def poller_for(site_key: str, factory: Callable[[], SitePoller]) -> SitePoller:
+    """The shared poller of a site in this event loop (created on first use)."""
+    loop_id = id(asyncio.get_running_loop())
+    k = (site_key, loop_id)
+    p = _POLLERS.get(k)
+    if p is None:
+        p = factory()
+
+        def _forget(poller: SitePoller, k=k) -> None:
+            if _POLLERS.get(k) is poller and not poller._watches:
+                del _POLLERS[k]
+                asyncio.get_running_loop().create_task(poller.transport.close())
+
+        p.on_idle = _forget
+        _POLLERS[k] = p
+    return p
+
+
+def active_pollers() -> list[SitePoller]:
+    return list(_POLLERS.values())

@@ -1,0 +1,110 @@
+"""``openssh`` transport: the system ``ssh`` client through a ControlMaster socket.
+
+For sites such as lxplus where a person logs in once with password + 2FA:
+
+    ssh -MNf -o ControlPersist=24h -S ~/.ssh/cm-lxplus user@lxplus.cern.ch
+
+and batchsite then runs every command through that socket (``BatchMode=yes``: it never
+prompts). With key-based sites ``ControlMaster=auto`` opens the master itself once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError
+from batchsite.transport.local import run_argv, run_argv_async
+
+
+class OpenSSHOptions:
+    def __init__(
+        self,
+        host: str,
+        user: str,
+        control_path: str,
+        *,
+        port: int = 22,
+        known_hosts: str | None = None,
+        key_file: str | None = None,
+        control_persist: str = "10m",
+        no_host_key_check: bool = False,
+    ):
+        self.host, self.user, self.port = host, user, port
+        self.control_path = os.path.expanduser(control_path)
+        self.known_hosts, self.key_file = known_hosts, key_file
+        self.control_persist = control_persist
+        self.no_host_key_check = no_host_key_check
+
+    def argv(self, line: str) -> list[str]:
+        a = [
+            "ssh", "-p", str(self.port),
+            "-o", "BatchMode=yes",
+            "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={self.control_path}",
+            "-o", f"ControlPersist={self.control_persist}",
+            "-o", "ServerAliveInterval=30",
+            "-o", "StrictHostKeyChecking=" + ("no" if self.no_host_key_check else "yes"),
+        ]
+        if self.known_hosts:
+            a += ["-o", f"UserKnownHostsFile={os.path.expanduser(self.known_hosts)}"]
+        if self.key_file:
+            a += ["-i", os.path.expanduser(self.key_file), "-o", "IdentitiesOnly=yes"]
+        return [*a, f"{self.user}@{self.host}", "--", line]
+
+
+def classify_ssh_failure(opts: OpenSSHOptions, rc: int, err: bytes) -> None:
+    """ssh exits 255 for its own failures; turn those into transport errors with a fix."""
+    if rc != 255:
+        return
+    text = err.decode("utf-8", "replace")
+    if "Host key verification failed" in text or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+        from batchsite.transport.ssh import host_key_help
+
+        raise HostKeyError(host_key_help(opts.host, opts.port, opts.known_hosts))
+    markers = ("ssh:", "Connection refused", "Connection closed", "Permission denied",
+               "Control socket", "mux_client", "Connection timed out", "kex_exchange")
+    if any(m in text for m in markers):
+        hint = ""
+        if "Permission denied" in text:
+            hint = (f" (no usable credentials: open the master connection once with "
+                    f"`ssh -MNf -o ControlPersist=24h -S {opts.control_path} {opts.user}@{opts.host}`)")
+        raise TransportError(f"ssh {opts.user}@{opts.host}:{opts.port}: {text.strip()[-300:]}{hint}")
+
+
+class OpenSSHTransport(Transport):
+    kind = "openssh"
+
+    def __init__(self, opts: OpenSSHOptions, env_script: str | None = None):
+        super().__init__(env_script)
+        self.opts = opts
+
+    def _exec(self, line, stdin, timeout):
+        if not os.path.exists(self.opts.control_path):
+            self.counters.connections_opened += 1
+        rc, out, err = run_argv(self.opts.argv(line), stdin, timeout)
+        classify_ssh_failure(self.opts, rc, err)
+        return rc, out, err
+
+    def close(self) -> None:
+        # the master stays up (ControlPersist): it belongs to the person who opened it
+        pass
+
+
+class AsyncOpenSSHTransport(AsyncTransport):
+    kind = "openssh"
+
+    def __init__(self, opts: OpenSSHOptions, env_script: str | None = None):
+        super().__init__(env_script)
+        self.opts = opts
+
+    async def _exec(self, line, stdin, timeout):
+        if not os.path.exists(self.opts.control_path):
+            self.counters.connections_opened += 1
+        rc, out, err = await run_argv_async(self.opts.argv(line), stdin, timeout)
+        classify_ssh_failure(self.opts, rc, err)
+        return rc, out, err
+
+
+def control_path_for(host: str, user: str, port: int, base: Sequence[str] = ("~", ".ssh")) -> str:
+    return os.path.join(*base, f"batchsite-cm-{user}@{host}:{port}")

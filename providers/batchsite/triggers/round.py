@@ -1,0 +1,75 @@
+"""The trigger that watches one submitted round from the triggerer.
+
+Thin by design: it registers its submission with the site's shared poller
+(``batchsite.polling``), logs a progress line when the counts change and fires one event
+when the round is finished (or the site stays unreachable beyond its grace period).
+``serialize()`` holds no secrets: the connection id, the public site config and the
+submission record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from batchsite.backends.base import get_backend
+from batchsite.config import SiteConfig
+from batchsite.model import Submission
+from batchsite.polling import SiteOutage, SitePoller, poller_for
+from batchsite.transport.base import HostKeyError
+
+
+def _make_poller(cfg: SiteConfig) -> SitePoller:
+    from batchsite.hooks.site import async_transport_for
+
+    return SitePoller(
+        cfg.conn_id, async_transport_for(cfg), get_backend(cfg.scheduler),
+        interval=cfg.poll_interval, outage_grace=cfg.outage_grace, vanish_grace=cfg.vanish_grace,
+    )
+
+
+class BatchRoundTrigger(BaseTrigger):
+    def __init__(self, site_config: dict[str, Any], submission: dict[str, Any], label: str):
+        super().__init__()
+        self.site_config = site_config
+        self.submission = submission
+        self.label = label
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "batchsite.triggers.round.BatchRoundTrigger",
+            {"site_config": self.site_config, "submission": self.submission, "label": self.label},
+        )
+
+    def _poller(self) -> SitePoller:
+        cfg = SiteConfig.model_validate(self.site_config)
+        return poller_for(cfg.conn_id, lambda: _make_poller(cfg))
+
+    async def run(self):
+        sub = Submission.model_validate(self.submission)
+        last = None
+        try:
+            async for status in self._poller().watch(sub):
+                line = status.progress_line(self.label)
+                if line != last:
+                    self.log.info("%s", line)
+                    last = line
+                if status.finished:
+                    yield TriggerEvent({"status": "finished", "round": status.model_dump(mode="json")})
+                    return
+        except (SiteOutage, HostKeyError) as e:
+            yield TriggerEvent({"status": "error", "message": str(e)})
+        except Exception as e:  # noqa: BLE001 - the task must see why watching stopped
+            yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}"})
+
+    async def on_kill(self) -> None:
+        """The user cleared / marked the task while deferred: cancel the remote jobs."""
+        sub = Submission.model_validate(self.submission)
+        poller = self._poller()
+        try:
+            out = await asyncio.wait_for(poller.run_script(poller.backend.render_cancel_script([sub])), 60)
+            self.log.info("cancelled %s on %s: %s", sub.job_ids, poller.name, out.strip()[:500])
+        finally:
+            await poller.transport.close()

@@ -1,0 +1,1 @@
+"""Airflow sensors of batchsite (mapped from the top-level ``sensors/`` folder)."""
