@@ -46,7 +46,7 @@ class BatchRoundOperator(BaseOperator):
         their replan task decide (re-run only the failed units).
     """
 
-    template_fields: Sequence[str] = ("site_conn_id", "label", "units", "fanin", "workdir", "env", "round_def")
+    template_fields: Sequence[str] = ("site_conn_id", "round_label", "units", "fanin", "workdir", "env", "round_def")
     ui_color = "#cfe8ff"
     expected_scheduler: str | None = None
 
@@ -56,7 +56,7 @@ class BatchRoundOperator(BaseOperator):
         site_conn_id: str = "local",
         units: Sequence[Any] | None = None,
         fanin: Sequence[str] | None = None,
-        label: str | None = None,
+        round_label: str | None = None,
         workdir: str | None = None,
         cwd: str | None = None,
         throttle: int | None = None,
@@ -74,7 +74,7 @@ class BatchRoundOperator(BaseOperator):
         self.site_conn_id = site_conn_id
         self.units = units
         self.fanin = fanin
-        self.label = label
+        self.round_label = round_label
         self.workdir = workdir
         self.cwd = cwd
         self.throttle = throttle
@@ -113,7 +113,7 @@ class BatchRoundOperator(BaseOperator):
         defaults = cfg.default_resources().model_dump()
         res = {**defaults, **{k: v for k, v in (self._field("resources") or {}).items() if v is not None}}
         fres = self._field("fanin_resources")
-        label = self._field("label") or self.task_id
+        label = self._field("label") or self.round_label or self.task_id
         return RoundSpec(
             key=key,
             label=str(label),

@@ -1,0 +1,171 @@
+"""RG campaign: real-space RG of the Chalker-Coddington network on any batch site.
+
+validate -> stage -> round_01 .. round_12, each a task group mapped over the partitions
+the previous replan emitted (FP: one; EXP: one per shift): prepare -> submit (array of
+generation batches + afterok aggregation, deferred) -> collect; then replan decides:
+repair missing batches, next step (maybe with more samples), or stop. Rounds after a stop
+are skipped. Only ``site_conn_id`` changes between the local, Slurm and HTCondor sites.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task, task_group
+
+from batchsite.campaign.rg import MAX_ROUNDS, MAX_STEPS
+from batchsite.operators.round import BatchRoundOperator
+
+PARAMS = {
+    "type": Param("FP", enum=["FP", "EXP"], title="Run type",
+                  description="FP: fixed-point distribution; EXP: shifted runs for the critical exponent"),
+    "version": Param("v1", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", title="Version",
+                     description="Output folder name: job_outputs/<version>/<type>/"),
+    "steps": Param(4, type="integer", minimum=1, maximum=MAX_STEPS, title="RG steps (max)"),
+    "samples": Param(100000, type="integer", minimum=100, title="Samples per RG step"),
+    "batches": Param(32, type="integer", minimum=1, maximum=1000, title="Generation batches per step"),
+    "throttle": Param(4, type="integer", minimum=1, title="Batches running at once (array %throttle)"),
+    "seed": Param(1, type="integer", minimum=0, title="Seed"),
+    "method": Param("analytic", enum=["analytic", "numerical"], title="Method"),
+    "site_conn_id": Param("local", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                          title="Site connection", description="'local' = this machine, no daemons"),
+    "shifts": Param([], type="array", items={"type": "number"}, title="Shifts (EXP only)"),
+    "tolerance": Param(0.02, type="number", exclusiveMinimum=0, title="Convergence tolerance (L1 of P(z))"),
+    "fp_version": Param(None, type=["null", "string"], title="FP version seeding EXP (default: version)"),
+    "time_minutes": Param(None, type=["null", "integer"], minimum=1, title="Time limit per job (min)"),
+}
+
+
+def _params() -> dict:
+    ctx = get_current_context()
+    return {k: ctx["params"].get(k) for k in PARAMS}
+
+
+@dag(
+    dag_id="rg_campaign",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params=PARAMS,
+    tags=["batchsite", "rg"],
+    max_active_tasks=8,
+    doc_md=__doc__,
+)
+def rg_campaign():
+    @task
+    def validate() -> dict:
+        """Validate every Param again (the UI form clamps and skips checks); nothing remote yet."""
+        from batchsite.campaign.rg import parse_params
+        from batchsite.hooks.site import load_site_config
+
+        p = parse_params(_params())
+        cfg = load_site_config(p.site_conn_id)
+        return {"params": p.model_dump(mode="json"), "remote_root": cfg.remote_root, "python": cfg.python}
+
+    @task
+    def stage(setup: dict) -> dict:
+        """Push the payload to <remote_root>/code/source (only changed files)."""
+        from pathlib import Path
+
+        import batchsite.include.rg_reference as ref
+        from batchsite.hooks.site import site_from_conn_id
+        from batchsite.staging import Staging
+
+        p = setup["params"]
+        code = p.get("code_dir") or str(Path(ref.__file__).parent)
+        site = site_from_conn_id(p["site_conn_id"])
+        try:
+            report = Staging(site).push_code(code)
+        finally:
+            site.close()
+        print(f"staged {code} -> {setup['remote_root']}/code/source: {report}")
+        return setup
+
+    @task
+    def first_round(setup: dict) -> list[dict]:
+        from batchsite.campaign.rg import initial_partitions, parse_params
+
+        return initial_partitions(parse_params(setup["params"]), fp_step=None)
+
+    @task
+    def prepare(partition: dict, setup: dict) -> dict:
+        from batchsite.campaign.rg import parse_params, round_def
+
+        p = parse_params(setup["params"])
+        return round_def(p, partition, remote_root=setup["remote_root"], python=setup["python"])
+
+    @task
+    def collect(partition: dict, rd: dict, submitted: dict, setup: dict) -> dict:
+        from batchsite.campaign.collect import collect_round
+        from batchsite.campaign.rg import hist_path, out_dir, parse_params
+        from batchsite.hooks.site import site_from_conn_id
+
+        p = parse_params(setup["params"])
+        prev = None
+        if partition["step"] > 1:
+            prev = hist_path(out_dir(setup["remote_root"], p, partition["shift_index"]), p, partition["step"] - 1)
+        site = site_from_conn_id(p.site_conn_id)
+        try:
+            m = collect_round(site.transport, rd, prev, list(range(p.batches)))
+        finally:
+            site.close()
+        if submitted and submitted.get("failed_indices"):
+            m["missing"] = sorted(set(m["missing"]) | set(submitted["failed_indices"]))
+            m["done"] = m["done"] and not m["missing"]
+        line = (f"RG step {partition['step']}: done={m['done']} missing={m['missing']} "
+                f"z_mean={m['z_mean']} z_std={m['z_std']} L1={m['distance']} noise={m['noise']}")
+        print(line)
+        return {**partition, **m}
+
+    @task_group
+    def run_partition(partition: dict, setup: dict):
+        rd = prepare(partition, setup)
+        submit = BatchRoundOperator(
+            task_id="submit",
+            site_conn_id="{{ params.site_conn_id }}",
+            round_def=rd,
+            fail_on_failure=False,  # replan repairs missing batches
+            retries=2,
+        )
+        return collect(partition, rd, submit.output, setup)
+
+    @task
+    def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
+        from batchsite.campaign.rg import parse_params, replan as plan
+
+        p = parse_params(setup["params"])
+        nxt, reason = plan(p, list(results))
+        print(f"replan after round {round_no}: {reason}")
+        if nxt and round_no >= MAX_ROUNDS:
+            raise RuntimeError(f"campaign needs more than {MAX_ROUNDS} rounds: {reason}")
+        return nxt
+
+    @task(trigger_rule="none_failed")
+    def report(setup: dict) -> dict:
+        """Per-step mean/std from the stats the aggregation jobs wrote; where the histograms are."""
+        from batchsite.campaign.collect import format_stats, step_stats
+        from batchsite.campaign.rg import output_dirs, parse_params
+        from batchsite.hooks.site import site_from_conn_id
+
+        p = parse_params(setup["params"])
+        site = site_from_conn_id(p.site_conn_id)
+        try:
+            rows = {d: step_stats(site.transport, d) for d in output_dirs(setup["remote_root"], p)}
+        finally:
+            site.close()
+        for d, stats in rows.items():
+            print(format_stats(d, stats))
+        return {"outputs": rows}
+
+    setup = stage(validate())
+    parts = first_round(setup)
+    replans = []
+    for r in range(1, MAX_ROUNDS + 1):
+        with_group = run_partition.override(group_id=f"round_{r:02d}").partial(setup=setup).expand(partition=parts)
+        parts = replan.override(task_id=f"replan_{r:02d}")(with_group, setup, r)
+        replans.append(parts)
+    rep = report(setup)
+    for x in replans:
+        x >> rep
+
+
+rg_campaign()

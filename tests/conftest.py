@@ -1,0 +1,98 @@
+"""Shared fixtures: the REAL test site (sshd + Slurm [+ HTCondor]) and an Airflow home.
+
+The site is started by ``tests/site/site.sh`` (idempotent; < 2 s when already up). If it
+cannot start, every test that needs it ERRORS with the script's output: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SITE_SH = REPO / "tests" / "site" / "site.sh"
+STATE = Path(os.environ.get("BATCHSITE_SITE_DIR", REPO / ".state" / "site"))
+VENV_BIN = Path(sys.executable).parent
+
+
+def _site_cmd(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SITE_SH), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def site_info() -> dict:
+    r = _site_cmd("start")
+    if r.returncode != 0:
+        pytest.fail(
+            "the real test site (tests/site/site.sh start) could not start:\n"
+            f"--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}",
+            pytrace=False,
+        )
+    return json.loads((STATE / "site.json").read_text())
+
+
+def site_conn(info: dict, scheduler: str = "slurm", **extra) -> dict:
+    """The Airflow connection (as AIRFLOW_CONN_* JSON) of the real test site."""
+    ex = {
+        "scheduler": scheduler,
+        "remote_root": info["remote_root"],
+        "env_script": info["env_script"],
+        "key_file": info["key_file"],
+        "known_hosts": info["known_hosts"],
+        "python": "/usr/bin/python3",
+        "poll_interval": 1,
+        "vanish_grace": 20,
+    }
+    ex.update(extra)
+    return {"conn_type": "batchsite", "host": info["host"], "port": int(info["port"]),
+            "login": info["user"], "extra": ex}
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = airflow_env(home)
+    r = subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return home
+
+
+def airflow_env(home: Path, **conns: dict) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
+        "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",
+    })
+    for name, conn in conns.items():
+        env[f"AIRFLOW_CONN_{name.upper()}"] = json.dumps(conn)
+    return env
+
+
+def dags_test(home: Path, dag_id: str, conf: dict, timeout: int = 900, **conns) -> subprocess.CompletedProcess:
+    """``airflow dags test`` in a subprocess; SIGKILL on timeout (dags test ignores SIGTERM)."""
+    env = airflow_env(home, **conns)
+    cmd = ["timeout", "-s", "KILL", str(timeout), str(VENV_BIN / "airflow"), "dags", "test", dag_id,
+           "-c", json.dumps(conf)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True)
+
+
+def ssh_argv(info: dict, command: str) -> list[str]:
+    """The system ssh client to the site, for test assertions (squeue counts, files)."""
+    return ["ssh", "-i", info["key_file"], "-o", f"UserKnownHostsFile={info['known_hosts']}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(info["port"]),
+            f"{info['user']}@{info['host']}", command]
+
+
+def on_site(info: dict, command: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(ssh_argv(info, f". {info['env_script']} && {command}"), capture_output=True,
+                          text=True, timeout=timeout)
