@@ -194,7 +194,7 @@ class BatchRoundOperator(BaseOperator):
             # afterok can never be satisfied: without this the fan-in stays PENDING forever
             why = status.fanin.reason or "a parent failed"
             site.cancel([sub.model_copy(update={"fanout_id": sub.fanin_id or sub.fanout_id, "fanin_id": None})])
-            msg = f"fan-in job {sub.fanin_id or ''} cancelled: it could never start ({why}). "
+            msg = f"fan-in {sub.fanin_id or '(in the local runner)'} cancelled: it could never start ({why}). "
             status = status.model_copy(update={"fanin": status.fanin.model_copy(
                 update={"state": JobState.FAILED, "native": "CANCELLED", "reason": why})})
         result = {

@@ -121,7 +121,9 @@ def render_exit_files_section(subs: Sequence[Submission]) -> str:
         d = q(f"{s.workdir}/{STATUS_DIR}")
         parts.append(section_header("exit", s.key))
         parts.append(
-            f"for f in {d}/*.exit; do [ -f \"$f\" ] && printf '%s %s\\n' \"$(basename \"$f\" .exit)\" \"$(cat \"$f\")\"; done"
+            # shell built-ins only: rounds of thousands of units must not fork per file
+            f"for f in {d}/*.exit; do [ -f \"$f\" ] || continue; n=${{f##*/}}; "
+            f"read -r rc < \"$f\"; printf '%s %s\\n' \"${{n%.exit}}\" \"$rc\"; done"
         )
     return "\n".join(parts)
 
