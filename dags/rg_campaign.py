@@ -9,6 +9,8 @@ are skipped. Only ``site_conn_id`` changes between the local, Slurm and HTCondor
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, task_group
 
@@ -125,6 +127,7 @@ def rg_campaign():
             round_def=rd,
             fail_on_failure=False,  # replan repairs missing batches
             retries=2,
+            retry_delay=timedelta(seconds=5),  # a retry re-attaches; it never resubmits
         )
         return collect(partition, rd, submit.output, setup)
 
@@ -133,7 +136,9 @@ def rg_campaign():
         from batchsite.campaign.rg import parse_params, replan as plan
 
         p = parse_params(setup["params"])
-        nxt, reason = plan(p, list(results))
+        # a mapped group with one instance hands over the bare value, not a list
+        results = [results] if isinstance(results, dict) else list(results)
+        nxt, reason = plan(p, results)
         print(f"replan after round {round_no}: {reason}")
         if nxt and round_no >= MAX_ROUNDS:
             raise RuntimeError(f"campaign needs more than {MAX_ROUNDS} rounds: {reason}")

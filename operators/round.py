@@ -158,7 +158,6 @@ class BatchRoundOperator(BaseOperator):
         self.defer(
             trigger=BatchRoundTrigger(cfg.public_dict(), sub.model_dump(mode="json"), spec.label),
             method_name="execute_complete",
-            kwargs={"submission": sub.model_dump(mode="json"), "label": spec.label},
         )
 
     def _watch_blocking(self, site: Site, sub: Submission, label: str, interval: float, grace: float):
@@ -175,8 +174,10 @@ class BatchRoundOperator(BaseOperator):
             if st.finished:
                 return self._complete(site, sub, st, label)
 
-    def execute_complete(self, context: Any, event: dict[str, Any], submission: dict[str, Any], label: str):
-        sub = Submission.model_validate(submission)
+    def execute_complete(self, context: Any, event: dict[str, Any]):
+        # the event carries the submission: nothing depends on operator state across deferral
+        sub = Submission.model_validate(event["submission"])
+        label = event.get("label") or sub.key
         self._submission = sub
         if event.get("status") != "finished":
             raise AirflowException(f"{label}: watching round {sub.key} stopped: {event.get('message')}")

@@ -7,6 +7,7 @@ typo (``remote_rot``) fails at once with the list of known names instead of bein
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -107,7 +108,8 @@ def local_site_config(root: str | None = None) -> SiteConfig:
     return SiteConfig(
         conn_id=LOCAL_CONN_ID, scheduler="local", transport="local",
         remote_root=os.path.abspath(root), poll_interval=float(os.environ.get("BATCHSITE_LOCAL_POLL", "1")),
-        python=os.environ.get("BATCHSITE_LOCAL_PYTHON", "python3"),
+        # the interpreter running Airflow has numpy; a bare python3 on a fresh machine may not
+        python=os.environ.get("BATCHSITE_LOCAL_PYTHON", sys.executable),
     )
 
 

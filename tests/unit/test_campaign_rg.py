@@ -5,7 +5,7 @@ import pytest
 
 from batchsite.campaign.common import CampaignConfigError, render_argv
 from batchsite.campaign.rg import (
-    hist_l1, initial_partitions, noise_floor, parse_params, replan, round_def,
+    coarsen, hist_l1, initial_partitions, noise_floor, parse_params, replan, round_def,
 )
 
 
@@ -119,3 +119,11 @@ def test_hist_l1_and_noise_floor_match_sampling_noise():
     c, _ = np.histogram(rng.normal(1.0, 2.3, n), bins=edges, density=True)
     assert hist_l1(a, edges, c, edges) > 3 * floor
     assert hist_l1(a, edges, a, edges) == 0.0
+
+
+def test_coarsen_keeps_mass_and_reduces_bins():
+    edges = np.linspace(-25, 25, 1001)
+    vals = np.exp(-0.5 * (0.5 * (edges[:-1] + edges[1:])) ** 2) / np.sqrt(2 * np.pi)
+    v, e = coarsen(vals, edges)
+    assert len(v) == 100 and len(e) == 101
+    assert np.isclose(np.sum(v * np.diff(e)), np.sum(vals * np.diff(edges)))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from batchsite.backends.common import split_sections
-from batchsite.campaign.rg import hist_l1, noise_floor
+from batchsite.campaign.rg import coarsen, hist_l1, noise_floor
 from batchsite.transport.base import Transport
 
 _SCRIPT = r"""
@@ -51,6 +51,8 @@ def collect_round(transport: Transport, rd: dict[str, Any], prev_hist: str | Non
         return out
     cur = _load(sec.get(("cur", "-"), ""))
     prev = _load(sec.get(("prev", "-"), ""))
+    cur = coarsen(*cur) if cur is not None else None
+    prev = coarsen(*prev) if prev is not None else None
     out.update(done=True, z_mean=stats.get("z_mean"), z_std=stats.get("z_std"), samples=stats.get("samples"))
     if cur is not None and prev is not None:
         out["distance"] = hist_l1(cur[0], cur[1], prev[0], prev[1])

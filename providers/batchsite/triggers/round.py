@@ -57,12 +57,15 @@ class BatchRoundTrigger(BaseTrigger):
                     self.log.info("%s", line)
                     last = line
                 if status.finished:
-                    yield TriggerEvent({"status": "finished", "round": status.model_dump(mode="json")})
+                    yield TriggerEvent({"status": "finished", "round": status.model_dump(mode="json"),
+                                        "submission": self.submission, "label": self.label})
                     return
         except (SiteOutage, HostKeyError) as e:
-            yield TriggerEvent({"status": "error", "message": str(e)})
+            yield TriggerEvent({"status": "error", "message": str(e), "submission": self.submission,
+                                "label": self.label})
         except Exception as e:  # noqa: BLE001 - the task must see why watching stopped
-            yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}"})
+            yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}",
+                                "submission": self.submission, "label": self.label})
 
     async def on_kill(self) -> None:
         """The user cleared / marked the task while deferred: cancel the remote jobs."""
