@@ -1,0 +1,675 @@
+"""Slurm backend: a round is one job array (``--array``) plus an optional ``afterok`` fan-in job.
+
+Everything here is pure text in, text out; ``SlurmBackend`` only binds the functions to the
+``Backend`` ABC. What the real Slurm 22.05 prints (and the fixtures the parsers are tested
+against) is in ``tests/data/slurm/``; the README there says how each file was captured.
+
+Choices, each checked against a real slurmctld (see the fixtures):
+
+* the job name is the round key (``--job-name``), for the array AND the fan-in, so a round
+  can be found again by name when its submission record is lost;
+* log paths are relative (``logs/%x_%A_%a.out``): sbatch runs in the workdir, and a relative
+  path needs no quoting and no ``%`` escaping whatever the workdir is called;
+* ``--open-mode=append``: a requeued task (node failure, preemption) appends to its log
+  instead of truncating the evidence of the first attempt;
+* no ``--kill-on-invalid-dep``: a fan-in whose parent failed stays PENDING with
+  ``DependencyNeverSatisfied``; we report that reason and ``RoundStatus.finished`` sees it;
+* status: ONE script, one ``squeue`` for all job ids, then ``sacct -P`` (accounting) or
+  ``scontrol -o show job`` per id (no accounting, or sacct failing at run time), then the
+  exit files. Every command's stderr and exit code are captured into its section, so one
+  bad id or a down daemon never hides the rest, and a down controller is never read as
+  "the jobs vanished".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+from batchsite.backends import common
+from batchsite.backends.base import Backend, RenderedRound, SubmitIds, register
+from batchsite.model import SAFE_NAME, JobState, Resources, RoundSpec, RoundStatus, Submission, TaskStatus
+
+q = common.q
+
+UNIT_SCRIPT = "unit.sh"
+FANIN_SCRIPT = "fanin.sh"
+LOG_DIR = "logs"
+
+# ---------------------------------------------------------------------------- states
+
+#: every Slurm job state (``squeue %T``, ``sacct State``, ``scontrol JobState``) -> JobState.
+#: ``squeue -t all`` / sacct manual pages, "JOB STATE CODES", Slurm 22.05.
+SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.WAITING,
+    "CONFIGURING": JobState.WAITING,  # resources allocated, nodes booting: not started yet
+    "REQUEUED": JobState.WAITING,  # being requeued; will be PENDING again
+    "REQUEUE_FED": JobState.WAITING,  # requeued by the federation
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,  # script done, epilog still running: not final yet
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING,  # holds its allocation; resumed by gang scheduling/admin
+    "STOPPED": JobState.RUNNING,  # SIGSTOP'ed, keeps its allocation
+    "COMPLETED": JobState.DONE,
+    "FAILED": JobState.FAILED,
+    "TIMEOUT": JobState.FAILED,
+    "CANCELLED": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED,
+    "PREEMPTED": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.FAILED,
+    "REQUEUE_HOLD": JobState.HELD,  # requeued and held: needs `scontrol release`
+    "SPECIAL_EXIT": JobState.HELD,  # requeued in a held state by site policy
+    "RESV_DEL_HOLD": JobState.HELD,  # its reservation was deleted; held
+    # a federation sibling that was revoked because another cluster runs the job: we cannot
+    # tell success or failure from here, so neither DONE nor FAILED
+    "REVOKED": JobState.UNKNOWN,
+}
+
+#: ``squeue %t`` compact codes, in case a site's squeue alias prints those
+COMPACT_STATES: dict[str, str] = {
+    "PD": "PENDING", "CF": "CONFIGURING", "RQ": "REQUEUED", "RF": "REQUEUE_FED",
+    "R": "RUNNING", "CG": "COMPLETING", "RS": "RESIZING", "SI": "SIGNALING",
+    "SO": "STAGE_OUT", "S": "SUSPENDED", "ST": "STOPPED", "CD": "COMPLETED",
+    "F": "FAILED", "TO": "TIMEOUT", "CA": "CANCELLED", "OOM": "OUT_OF_MEMORY",
+    "NF": "NODE_FAIL", "PR": "PREEMPTED", "BF": "BOOT_FAIL", "DL": "DEADLINE",
+    "RH": "REQUEUE_HOLD", "SE": "SPECIAL_EXIT", "RD": "RESV_DEL_HOLD", "RV": "REVOKED",
+}
+
+#: pending reasons that mean "held": nothing happens until someone releases the job
+HELD_REASONS = ("JobHeldUser", "JobHeldAdmin")
+
+#: stderr that means "no such job (any more)", not "the query failed"
+_NO_SUCH_JOB = re.compile(r"Invalid job id specified", re.I)
+_ACCOUNTING_DISABLED = re.compile(r"accounting storage is disabled", re.I)
+
+
+def _empty_reason(r: str) -> str:
+    r = r.strip()
+    return "" if r in ("", "None", "(null)", "none") else r
+
+
+def parse_exit_code(text: str) -> tuple[int, int] | None:
+    """``3:0`` -> (3, 0); ``0:9`` -> (0, 9); anything else -> None."""
+    m = re.fullmatch(r"\s*(\d+):(\d+)\s*", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+#: reasons a job had while it waited; Slurm keeps showing them after the job ended
+#: (sacct: COMPLETED with Reason=JobArrayTaskLimit; squeue: CANCELLED with Reason=Resources),
+#: where they would only mislead
+STALE_REASONS = frozenset({
+    "Dependency", "JobArrayTaskLimit", "Resources", "Priority", "BeginTime", "None",
+})
+
+
+def task_status(state_text: str, reason: str = "", exit_code: str = "") -> TaskStatus:
+    """One Slurm observation -> TaskStatus. Never raises: an unknown word gives UNKNOWN."""
+    raw = (state_text or "").strip()
+    # sacct: "CANCELLED by 1001"; fixed-width output truncates with "+"
+    word = raw.split()[0].rstrip("+").upper() if raw else ""
+    word = COMPACT_STATES.get(word, word)
+    state = SLURM_STATES.get(word, JobState.UNKNOWN)
+    reason = _empty_reason(reason)
+    if state is JobState.WAITING and word == "PENDING" and any(h in reason for h in HELD_REASONS):
+        state = JobState.HELD
+    if state.terminal and reason in STALE_REASONS:
+        reason = ""
+    code: int | None = None
+    ec = parse_exit_code(exit_code)
+    if ec is not None:
+        rc, sig = ec
+        if sig:
+            code = 128 + sig
+            if state.terminal:
+                reason = f"{reason} (signal {sig})" if reason else f"signal {sig}"
+        elif rc or state is JobState.DONE:
+            code = rc
+        # 0:0 on a cancelled, timed-out or never-started job says nothing about the payload
+    if state is JobState.UNKNOWN:
+        reason = reason or (f"unknown Slurm state {raw!r}" if raw else "no Slurm state")
+        return TaskStatus(state=state, native=raw, exit_code=code, reason=reason)
+    return TaskStatus(
+        state=state, native=word, exit_code=code, reason=reason, timed_out=word == "TIMEOUT"
+    )
+
+
+# ---------------------------------------------------------------------------- arrays
+
+def compact_indices(indices: Iterable[int]) -> str:
+    """[0..31] -> "0-31"; [3, 7, 9, 10, 11, 12] -> "3,7,9-12"."""
+    idx = sorted(set(indices))
+    if not idx:
+        raise ValueError("no array indices")
+    parts: list[str] = []
+    start = prev = idx[0]
+    for i in idx[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(parts)
+
+
+def array_spec(indices: Iterable[int], throttle: int | None = None) -> str:
+    s = compact_indices(indices)
+    return f"{s}%{throttle}" if throttle else s
+
+
+def expand_indices(expr: str) -> list[int]:
+    """Slurm's array task expression -> indices: "5-31%4", "[1,3,5-7]", "0-15:4", "7".
+
+    A truncated expression (ending in "...", when SLURM_BITSTR_LEN was too small) yields
+    the indices that are complete.
+    """
+    expr = expr.strip().strip("[]")
+    expr = expr.split("%", 1)[0]
+    out: list[int] = []
+    for part in expr.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
+        if not m:
+            continue
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        step = int(m.group(3)) if m.group(3) else 1
+        out.extend(range(a, b + 1, max(step, 1)))
+    return out
+
+
+_JOBID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]?.*))?(?:\+\d+)?$")
+
+
+def split_job_id(text: str) -> tuple[str, list[int] | None] | None:
+    """``123_4`` -> ("123", [4]); ``123_[5-7%2]`` -> ("123", [5, 6, 7]); ``123`` -> ("123", None)."""
+    m = _JOBID.match(text.strip())
+    if not m:
+        return None
+    if m.group(2) is None:
+        return m.group(1), None
+    return m.group(1), expand_indices(m.group(2))
+
+
+# ---------------------------------------------------------------------------- rendering
+
+def format_time(minutes: int) -> str:
+    """Slurm --time: "45" (minutes) below an hour, else "D-HH:MM:SS"."""
+    if minutes < 60:
+        return str(minutes)
+    d, rest = divmod(minutes, 24 * 60)
+    h, m = divmod(rest, 60)
+    return f"{d}-{h:02d}:{m:02d}:00"
+
+
+def _resource_lines(r: Resources) -> list[str]:
+    lines = []
+    if r.time_minutes:
+        lines.append(f"--time={format_time(r.time_minutes)}")
+    if r.mem_mb:
+        lines.append(f"--mem={r.mem_mb}M")
+    lines.append(f"--cpus-per-task={r.cpus}")
+    if r.disk_mb:
+        lines.append(f"--tmp={r.disk_mb}M")
+    if r.partition:
+        lines.append(f"--partition={r.partition}")
+    if r.account:
+        lines.append(f"--account={r.account}")
+    return lines
+
+
+def sbatch_header(spec: RoundSpec, *, fanin: bool = False) -> list[str]:
+    opts = [f"--job-name={spec.key}"]
+    if fanin:
+        opts += _resource_lines(spec.fanin_resources or spec.resources)
+        opts += [f"--output={LOG_DIR}/%x_fanin_%j.out", f"--error={LOG_DIR}/%x_fanin_%j.err"]
+    else:
+        opts.append(f"--array={array_spec(spec.indices, spec.throttle)}")
+        opts += _resource_lines(spec.resources)
+        opts += [f"--output={LOG_DIR}/%x_%A_%a.out", f"--error={LOG_DIR}/%x_%A_%a.err"]
+    opts.append("--open-mode=append")
+    return [f"#SBATCH {o}" for o in opts]
+
+
+def render_submit_script(spec: RoundSpec) -> str:
+    """POSIX sh, run with cwd = workdir. Prints ``array=<id>`` or ``array=<id> fanin=<id>``.
+
+    If the fan-in cannot be submitted the array is cancelled before exiting non-zero,
+    so a failed submission leaves nothing behind in the queue.
+    """
+    lines = [
+        "#!/bin/sh",
+        f"# batchsite round {spec.key}: submit",
+        "set -u",
+        f"mkdir -p {LOG_DIR} || exit 1",
+        "# sbatch --parsable prints <id> or <id>;<cluster>: the first number on its last line",
+        "jobid() { printf '%s\\n' \"$1\" | sed -n '$s/^[^0-9]*\\([0-9][0-9]*\\).*$/\\1/p'; }",
+        f"out=$(sbatch --parsable {UNIT_SCRIPT}) || {{ echo 'batchsite: sbatch {UNIT_SCRIPT} failed' >&2; exit 1; }}",
+        'a=$(jobid "$out")',
+        'case "$a" in ""|*[!0-9]*) echo "batchsite: no job id in the output of sbatch: $out" >&2; exit 1 ;; esac',
+    ]
+    if spec.fanin:
+        lines += [
+            f'if ! out=$(sbatch --parsable --dependency=afterok:"$a" {FANIN_SCRIPT}); then',
+            f'  echo "batchsite: sbatch {FANIN_SCRIPT} failed; cancelling array $a" >&2',
+            '  scancel "$a"; exit 2',
+            "fi",
+            'b=$(jobid "$out")',
+            'case "$b" in ""|*[!0-9]*)',
+            '  echo "batchsite: no job id in the output of sbatch: $out; cancelling array $a" >&2',
+            '  scancel "$a"; exit 2 ;;',
+            "esac",
+            'echo "array=$a fanin=$b"',
+        ]
+    else:
+        lines.append('echo "array=$a"')
+    return "\n".join(lines) + "\n"
+
+
+def render_round(spec: RoundSpec) -> RenderedRound:
+    files = {
+        UNIT_SCRIPT: common.render_unit_script(
+            spec, '"${SLURM_ARRAY_TASK_ID}"', header=sbatch_header(spec)
+        )
+    }
+    if spec.fanin:
+        files[FANIN_SCRIPT] = common.render_fanin_script(spec, header=sbatch_header(spec, fanin=True))
+    return RenderedRound(
+        files=files, submit_script=render_submit_script(spec), executable=frozenset(files)
+    )
+
+
+_SUBMIT_LINE = re.compile(r"array=(\d+)(?:;\S*)?(?:\s+fanin=(\d+))?")
+
+
+def parse_submit(stdout: str) -> SubmitIds:
+    found = _SUBMIT_LINE.findall(stdout or "")
+    if not found:
+        raise ValueError(f"no Slurm job id in the output of submit.sh: {stdout!r}")
+    array_id, fanin_id = found[-1]
+    return SubmitIds(fanout_id=array_id, fanin_id=fanin_id or None)
+
+
+# ---------------------------------------------------------------------------- status script
+
+#: fd 3 = the script's stdout; a command's stdout goes there directly, its stderr is
+#: captured, then printed as ``!err`` lines followed by ``!rc <exit code>``.
+_RUN_HELPER = r"""exec 3>&1
+export SLURM_BITSTR_LEN=0
+bs_run() {
+  bs_err=$("$@" 2>&1 1>&3 3>&-); bs_rc=$?
+  [ -n "$bs_err" ] && printf '%s\n' "$bs_err" | sed 's/^/!err /'
+  echo "!rc $bs_rc"
+  return $bs_rc
+}"""
+
+#: after the squeue call: did it reach slurmctld? (exit 0, or only "Invalid job id" for a
+#: single purged id). When it did not, scontrol is skipped: each call would wait another
+#: MessageTimeout (9-18 s measured) for the same answer.
+_CTLD_OK = r"""bs_sq_rc=$bs_rc; bs_sq_err=$bs_err
+bs_ctld_ok() {
+  [ "$bs_sq_rc" -eq 0 ] && return 0
+  case "$bs_sq_err" in *"Invalid job id specified"*) return 0 ;; esac
+  return 1
+}"""
+SKIPPED = "skipped: squeue could not reach slurmctld"
+
+SQUEUE_FORMAT = "%i|%T|%r|%j"
+SACCT_FIELDS = "JobID,State,ExitCode,Reason,JobName"
+
+
+def _ids(subs: Sequence[Submission], *, strict: bool = True) -> list[str]:
+    out: list[str] = []
+    for s in subs:
+        for i in s.job_ids:
+            if not re.fullmatch(r"\d+", i):
+                if strict:
+                    raise ValueError(f"{s.key}: {i!r} is not a Slurm job id")
+                continue
+            if i not in out:
+                out.append(i)
+    return out
+
+
+def squeue_command(ids: Sequence[str]) -> str:
+    # --jobs=<one id> makes squeue ask slurmctld for that job only and fail with
+    # "Invalid job id specified" once it is purged; with several ids it loads all jobs and
+    # filters locally (see tests/data/slurm/README.md)
+    return f"squeue -h -a -t all --jobs={','.join(ids)} -o {q(SQUEUE_FORMAT)}"
+
+
+def sacct_command(ids: Sequence[str]) -> str:
+    return f"sacct -n -P -X --jobs={','.join(ids)} -o {SACCT_FIELDS}"
+
+
+def scontrol_command(job_id: str) -> str:
+    return f"scontrol -o show job {job_id}"
+
+
+def render_status_script(subs: Sequence[Submission], accounting: bool | None = None) -> str:
+    """One script for every submission given.
+
+    ``accounting``: True/None -> ``sacct`` (falling back to ``scontrol`` per job id when
+    sacct fails at run time, e.g. slurmdbd down); False -> ``scontrol`` only.
+    """
+    if not subs:
+        return "true\n"
+    ids = _ids(subs)
+    lines = [_RUN_HELPER, common.section_header("squeue"), f"bs_run {squeue_command(ids)}", _CTLD_OK]
+    scontrol = ["if bs_ctld_ok; then"]
+    for i in ids:
+        scontrol += [f"  {common.section_header('scontrol', i)}", f"  bs_run {scontrol_command(i)}"]
+    scontrol += [
+        "else",
+        f"  {common.section_header('scontrol', '-')}",
+        f"  echo {q('!err ' + SKIPPED)}; echo '!rc 1'",
+        "fi",
+    ]
+    if accounting is False:
+        lines += scontrol
+    else:
+        lines.append(common.section_header("sacct"))
+        lines.append(f"if ! bs_run {sacct_command(ids)}; then")
+        lines += ["  " + ln for ln in scontrol]
+        lines.append("fi")
+    lines.append(common.render_exit_files_section(subs))
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- status parsing
+
+class _Cmd:
+    """A section written by ``bs_run``: output lines, stderr lines, exit code."""
+
+    def __init__(self, text: str | None):
+        self.present = text is not None
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        self.rc: int | None = None
+        for line in (text or "").splitlines():
+            if line.startswith("!err "):
+                self.errors.append(line[5:])
+            elif line.startswith("!rc "):
+                try:
+                    self.rc = int(line[4:].strip())
+                except ValueError:
+                    self.rc = -1
+            elif line.strip():
+                self.lines.append(line)
+
+    @property
+    def ok(self) -> bool:
+        """The query ran: exit 0, or its only complaint is about ids Slurm no longer knows."""
+        if not self.present or self.rc is None:
+            return False
+        if self.rc == 0:
+            return True
+        return bool(self.errors) and all(_NO_SUCH_JOB.search(e) for e in self.errors if e.strip())
+
+    @property
+    def accounting_disabled(self) -> bool:
+        return any(_ACCOUNTING_DISABLED.search(e) for e in self.errors)
+
+    def error_text(self) -> str:
+        errs = [e.strip() for e in self.errors if e.strip()]
+        if errs:
+            return errs[0]
+        if not self.present:
+            return "no output"
+        return f"exit code {self.rc}"
+
+
+class _Observed:
+    """Per job id: array tasks index -> TaskStatus, plain job -> TaskStatus."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict[int, TaskStatus]] = {}
+        self.jobs: dict[str, TaskStatus] = {}
+
+    def add(self, job_text: str, st: TaskStatus) -> None:
+        parsed = split_job_id(job_text)
+        if parsed is None:
+            return
+        base, idx = parsed
+        if idx is None:
+            self.jobs[base] = st
+        else:
+            t = self.tasks.setdefault(base, {})
+            for i in idx:
+                t[i] = st
+
+
+def parse_squeue_lines(lines: Iterable[str]) -> _Observed:
+    obs = _Observed()
+    for line in lines:
+        parts = line.split("|")
+        if len(parts) < 2:
+            continue
+        reason = parts[2] if len(parts) > 2 else ""
+        obs.add(parts[0], task_status(parts[1], reason))
+    return obs
+
+
+def parse_sacct_lines(lines: Iterable[str], obs: _Observed | None = None) -> _Observed:
+    obs = obs or _Observed()
+    for line in lines:
+        parts = line.split("|")
+        if len(parts) < 3 or "." in parts[0]:  # job steps (without -X) are not units
+            continue
+        reason = parts[3] if len(parts) > 3 else ""
+        obs.add(parts[0], task_status(parts[1], reason, parts[2]))
+    return obs
+
+
+_KV = re.compile(r"(?:^|\s)(\w+)=(\S*)")
+
+
+def parse_scontrol_lines(lines: Iterable[str], obs: _Observed | None = None) -> _Observed:
+    """``scontrol -o show job``: one line per job record; array records carry
+    ArrayJobId/ArrayTaskId (a pending remainder has ArrayTaskId=5-7%2)."""
+    obs = obs or _Observed()
+    for line in lines:
+        kv = dict(_KV.findall(line))
+        if "JobId" not in kv or "JobState" not in kv:
+            continue
+        st = task_status(kv["JobState"], kv.get("Reason", ""), kv.get("ExitCode", ""))
+        if kv.get("ArrayJobId") and kv.get("ArrayTaskId") not in (None, "", "(null)", "N/A"):
+            obs.add(f"{kv['ArrayJobId']}_[{kv['ArrayTaskId']}]", st)
+        else:
+            obs.add(kv["JobId"], st)
+    return obs
+
+
+def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus]:
+    """The output of ``render_status_script(subs)`` -> one RoundStatus per submission.
+
+    Never raises on odd text. A query that failed (slurmctld down, sacct broken and no
+    scontrol answer) gives ``scheduler_ok=False``, and units nobody saw are UNKNOWN, not
+    VANISHED.
+    """
+    sections = common.split_sections(text or "")
+    squeue = _Cmd(sections.get(("squeue", "-")))
+    queue = parse_squeue_lines(squeue.lines) if squeue.ok else _Observed()
+
+    notes: list[str] = []
+    if not squeue.ok:
+        notes.append(f"squeue failed: {squeue.error_text()}")
+
+    sacct = _Cmd(sections.get(("sacct", "-")))
+    acct = _Observed()
+    acct_ok = False
+    if sacct.present and sacct.ok:
+        acct_ok = True
+        parse_sacct_lines(sacct.lines, acct)
+    else:
+        if sacct.present and not sacct.accounting_disabled:
+            notes.append(f"sacct failed: {sacct.error_text()}")
+        keys = [("scontrol", i) for i in _ids(subs, strict=False)] + [("scontrol", "-")]
+        scontrols = [_Cmd(sections[k]) for k in keys if k in sections]
+        if scontrols:
+            acct_ok = all(c.ok for c in scontrols)
+            for c in scontrols:
+                parse_scontrol_lines(c.lines, acct)
+            bad = [c for c in scontrols if not c.ok]
+            if bad:
+                notes.append(f"scontrol failed: {bad[0].error_text()}")
+        elif not sacct.present:
+            notes.append("no accounting section in the status output")
+
+    scheduler_ok = squeue.ok and acct_ok
+    note = "; ".join(notes)
+    out: dict[str, RoundStatus] = {}
+    for s in subs:
+        exits = common.parse_exit_files(sections.get(("exit", s.key), ""))
+        q_tasks = queue.tasks.get(s.fanout_id, {})
+        a_tasks = acct.tasks.get(s.fanout_id, {})
+        units = {
+            i: _merge(q_tasks.get(i), a_tasks.get(i), exits.get(str(i)), scheduler_ok)
+            for i in s.indices
+        }
+        fanin = None
+        if s.fanin_id:
+            fanin = _merge(
+                queue.jobs.get(s.fanin_id), acct.jobs.get(s.fanin_id), exits.get(common.FANIN),
+                scheduler_ok,
+            )
+        out[s.key] = RoundStatus(
+            key=s.key, units=units, fanin=fanin, scheduler_ok=scheduler_ok, note=note
+        )
+    return out
+
+
+def _merge(queue: TaskStatus | None, acct: TaskStatus | None, rc: int | None, ok: bool) -> TaskStatus:
+    st = common.merge_observation(queue, acct, rc)
+    if st.state is JobState.VANISHED and not ok:
+        # a query failed: "not seen" is no evidence that the job left the queue
+        return TaskStatus(state=JobState.UNKNOWN, native="unobserved", reason="scheduler query failed")
+    # sacct has no live reason (Reason=None for FAILED, "Dependency" for a fan-in that squeue
+    # already reports as DependencyNeverSatisfied): take squeue's when it saw the same state
+    if queue is not None and queue.reason and st.state is queue.state and queue.reason not in st.reason:
+        reason = f"{queue.reason} ({st.reason})" if st.reason.startswith("signal ") else (st.reason or queue.reason)
+        st = st.model_copy(update={"reason": reason})
+    return st
+
+
+# ---------------------------------------------------------------------------- probe / cancel / find
+
+def probe_script() -> str:
+    """Is accounting (sacct) usable? Prints a section the same way status scripts do."""
+    return "\n".join([
+        _RUN_HELPER,
+        common.section_header("version"),
+        "bs_run squeue --version",
+        common.section_header("sacct"),
+        "bs_run sacct -n -P -X -S now -E now -o JobID",
+        "exit 0",
+    ]) + "\n"
+
+
+def parse_probe(text: str) -> bool | None:
+    """True: sacct works; False: accounting storage is disabled; None: could not tell
+    (slurmdbd down, sacct missing): the status script then tries sacct and falls back."""
+    sacct = _Cmd(common.split_sections(text or "").get(("sacct", "-")))
+    if not sacct.present:
+        return None
+    if sacct.accounting_disabled:
+        return False
+    return True if sacct.rc == 0 else None
+
+
+def render_cancel_script(subs: Sequence[Submission]) -> str:
+    """``scancel`` every job of every round in one command. Exit 0 even when some jobs had
+    finished already (scancel complains about those and still cancels the rest)."""
+    ids = _ids(subs)
+    if not ids:
+        return "true\n"
+    return f"scancel {' '.join(ids)} 2>&1\necho \"scancel exit $?\"\nexit 0\n"
+
+
+def render_find_by_name_script(key: str, accounting: bool | None = None) -> str:
+    if not SAFE_NAME.match(key):
+        raise ValueError(f"key={key!r} is not a safe job name")
+    lines = [
+        _RUN_HELPER,
+        common.section_header("squeue"),
+        f"bs_run squeue -h -a -t all --name={key} -o {q(SQUEUE_FORMAT)}",
+    ]
+    if accounting is not False:
+        lines += [
+            common.section_header("sacct"),
+            f"bs_run sacct -n -P -X --name={key} --starttime=now-30days -o {SACCT_FIELDS}",
+        ]
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
+def parse_find_by_name(text: str) -> SubmitIds | None:
+    """The array job and the fan-in job named after a round key, or None if there is none.
+
+    Raises ValueError when the scheduler could not be asked (so "nothing found" is never
+    confused with "could not look"), or when more than one array carries the name.
+    """
+    sections = common.split_sections(text or "")
+    squeue = _Cmd(sections.get(("squeue", "-")))
+    sacct = _Cmd(sections.get(("sacct", "-")))
+    if not squeue.ok and not (sacct.present and sacct.ok):
+        raise ValueError(f"could not look up jobs by name: squeue: {squeue.error_text()}")
+    arrays: set[str] = set()
+    plain: set[str] = set()
+    for cmd in (squeue, sacct):
+        if not cmd.ok:
+            continue
+        for line in cmd.lines:
+            parsed = split_job_id(line.split("|", 1)[0])
+            if parsed is None:
+                continue
+            (arrays if parsed[1] is not None else plain).add(parsed[0])
+    if not arrays:
+        return None
+    if len(arrays) > 1:
+        raise ValueError(f"more than one job array carries this name: {sorted(arrays, key=int)}")
+    array_id = arrays.pop()
+    later = sorted((p for p in plain if int(p) > int(array_id)), key=int)
+    return SubmitIds(fanout_id=array_id, fanin_id=later[0] if later else None)
+
+
+# ---------------------------------------------------------------------------- the Backend
+
+@register
+class SlurmBackend(Backend):
+    name: ClassVar[str] = "slurm"
+
+    def __init__(self) -> None:
+        self.accounting: bool | None = None  # learnt by apply_probe
+
+    def render_round(self, spec: RoundSpec) -> RenderedRound:
+        return render_round(spec)
+
+    def parse_submit(self, stdout: str) -> SubmitIds:
+        return parse_submit(stdout)
+
+    def render_status_script(self, subs: Sequence[Submission]) -> str:
+        return render_status_script(subs, self.accounting)
+
+    def parse_status(self, text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus]:
+        return parse_status(text, subs)
+
+    def render_cancel_script(self, subs: Sequence[Submission]) -> str:
+        return render_cancel_script(subs)
+
+    def probe_script(self) -> str:
+        return probe_script()
+
+    def apply_probe(self, text: str) -> None:
+        self.accounting = parse_probe(text)
+
+    def render_find_by_name_script(self, key: str) -> str:
+        return render_find_by_name_script(key, self.accounting)
+
+    def parse_find_by_name(self, text: str) -> SubmitIds | None:
+        return parse_find_by_name(text)
