@@ -146,6 +146,10 @@ class AsyncSSHTransport(AsyncTransport):
 
     def __init__(self, ssh_conn_id: str, *, env_script: str | None = None, known_hosts: str | None = None):
         super().__init__(env_script)
+        import logging
+
+        # asyncssh logs every command line at INFO: status scripts would flood the task logs
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         from airflow.providers.ssh.hooks.ssh import SSHHookAsync
 
         kw = {"known_hosts": known_hosts} if known_hosts else {}

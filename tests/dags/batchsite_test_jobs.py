@@ -1,0 +1,26 @@
+"""A small DAG the integration tests drive with `airflow tasks test` (re-attach, on_kill)."""
+
+import pendulum
+from airflow.sdk import Param, dag
+
+from batchsite.operators.round import BatchRoundOperator
+from batchsite.operators.slurm import SlurmArrayOperator
+
+UNITS = [["sh", "-c", "sleep {{ params.sleep }}; echo unit done"] for _ in range(4)]
+
+
+@dag(dag_id="batchsite_test_jobs", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+     catchup=False, params={"tag": Param("x", type="string"), "site": Param("slurm_site", type="string"),
+                            "sleep": Param(5, type="integer")})
+def batchsite_test_jobs():
+    SlurmArrayOperator(task_id="deferred", site_conn_id="{{ params.site }}", units=UNITS,
+                       fanin=["sh", "-c", "echo fanin"], throttle=2, workdir="test/{{ params.tag }}")
+    BatchRoundOperator(task_id="blocking", site_conn_id="{{ params.site }}", units=UNITS,
+                       fanin=["sh", "-c", "echo fanin"], throttle=2, workdir="test/{{ params.tag }}",
+                       deferrable=False)
+    SlurmArrayOperator(task_id="failing", site_conn_id="{{ params.site }}",
+                       units=[["sh", "-c", f"exit {3 if i in (2, 5) else 0}"] for i in range(8)],
+                       fanin=["sh", "-c", "echo fanin"], throttle=4, workdir="test/{{ params.tag }}")
+
+
+batchsite_test_jobs()

@@ -1,0 +1,184 @@
+"""Airflow end to end on the REAL Slurm over the REAL sshd (and the embedded local site).
+
+* ``airflow dags test rg_campaign`` on Slurm and on the local site;
+* re-attach: the task process is SIGKILLed right after the submission, the task is run
+  again for the same DAG run: exactly one Slurm array exists and the task re-attaches;
+* on_kill: SIGTERM to a running task cancels its jobs (squeue shows none);
+* the trigger's on_kill (task cleared while deferred) cancels too;
+* failed indices are named with their log paths; the stuck afterok fan-in is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from ..conftest import REPO, VENV_BIN, airflow_env, dags_test, on_site, site_conn
+
+TEST_DAGS = REPO / "tests" / "dags"
+
+
+def _jobs_named(info, name: str) -> list[str]:
+    """Distinct Slurm jobs (array parents and plain jobs) named ``name``: squeue (live, incl.
+    just-submitted) and sacct (finished) together, since slurmdbd records with a lag."""
+    r = on_site(info, f"squeue -h -a -t all -n {name} -o %F; "
+                      f"sacct -n -P -X --name={name} --starttime=now-1days -o JobID")
+    assert r.returncode == 0, r.stderr
+    return sorted({line.split("_")[0] for line in r.stdout.split() if line.strip()})
+
+
+def _squeue_named(info, name: str) -> list[str]:
+    r = on_site(info, f"squeue -h -n {name} -o %i")
+    return r.stdout.split()
+
+
+def _trigger(home, run_id: str, conf: dict, **conns) -> None:
+    env = airflow_env(home, **conns)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
+    subprocess.run([str(VENV_BIN / "airflow"), "dags", "reserialize"], env=env, capture_output=True, timeout=300)
+    r = subprocess.run([str(VENV_BIN / "airflow"), "dags", "trigger", "batchsite_test_jobs", "-r", run_id,
+                        "-c", json.dumps(conf)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _task(home, task_id: str, run_id: str, **conns) -> subprocess.Popen:
+    env = airflow_env(home, **conns)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
+    return subprocess.Popen([str(VENV_BIN / "airflow"), "tasks", "test", "batchsite_test_jobs", task_id, run_id],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_record(info, tag: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = on_site(info, f"ls -d {info['remote_root']}/test/{tag}/*/.batchsite/submitted 2>/dev/null")
+        if r.stdout.strip():
+            return r.stdout.split()[0].split("/")[-3]  # the round key
+        time.sleep(0.2)
+    raise AssertionError(f"no submission record appeared for tag {tag}")
+
+
+@pytest.fixture(scope="module")
+def slurm_conn(site_info):
+    return site_conn(site_info, "slurm")
+
+
+def test_rg_campaign_end_to_end_on_slurm_over_ssh(site_info, airflow_home, slurm_conn):
+    version = f"it{uuid.uuid4().hex[:6]}"
+    conf = {"site_conn_id": "slurm_site", "version": version, "steps": 3, "samples": 80000, "batches": 8,
+            "throttle": 4, "tolerance": 0.0001}
+    r = dags_test(airflow_home, "rg_campaign", conf, slurm_site=slurm_conn)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "state=success" in out, out[-5000:]
+    # the progress lines of the triggers reached the task log
+    assert re.search(r"RG step 2: 8/8 done; fan-in done", out)
+    stats = on_site(site_info, f"cat {site_info['remote_root']}/job_outputs/{version}/FP/stats/DONE_RG*.json")
+    rows = sorted((json.loads(x) for x in stats.stdout.splitlines() if x.strip()), key=lambda s: s["step"])
+    assert [s["step"] for s in rows] == [1, 2, 3]
+    for s in rows:
+        assert s["samples"] == 80000 and abs(s["z_mean"]) < 0.05 and 1.9 < s["z_std"] < 2.3
+    for k in (1, 2, 3):
+        for kind in ("t/t", "z/z", "sym_z/sym_z"):
+            p = f"{site_info['remote_root']}/job_outputs/{version}/FP/hist/{kind}_hist_RG{k}.npz"
+            assert on_site(site_info, f"test -s {p}").returncode == 0, p
+    # every round ran as ONE array + ONE afterok job, named by its key
+    keys = on_site(site_info, f"ls {site_info['remote_root']}/job_logs/{version}/FP/RG1").stdout.split()
+    assert len(keys) == 1 and len(_jobs_named(site_info, keys[0])) == 2
+
+
+def test_rg_campaign_on_the_embedded_local_site(airflow_home, tmp_path):
+    os.environ["BATCHSITE_LOCAL_ROOT"] = str(tmp_path / "site")
+    try:
+        conf = {"site_conn_id": "local", "version": "loc", "steps": 2, "samples": 8000, "batches": 4,
+                "throttle": 2}
+        r = dags_test(airflow_home, "rg_campaign", conf)
+    finally:
+        del os.environ["BATCHSITE_LOCAL_ROOT"]
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "state=success" in out, out[-5000:]
+    assert (tmp_path / "site/job_outputs/loc/FP/hist/sym_z/sym_z_hist_RG2.npz").stat().st_size > 0
+
+
+def test_task_killed_after_submit_reattaches_instead_of_resubmitting(site_info, airflow_home, slurm_conn):
+    tag = f"re{uuid.uuid4().hex[:6]}"
+    run_id = f"reattach_{tag}"
+    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 4}, slurm_site=slurm_conn)
+    p = _task(airflow_home, "deferred", run_id, slurm_site=slurm_conn)
+    key = _wait_for_record(site_info, tag)
+    os.killpg(p.pid, signal.SIGKILL)  # before anything reached XCom
+    p.wait()
+    assert len(_jobs_named(site_info, key)) == 2  # the array and its afterok fan-in
+
+    p2 = _task(airflow_home, "deferred", run_id, slurm_site=slurm_conn)
+    out, _ = p2.communicate(timeout=300)
+    assert p2.returncode == 0, out[-4000:]
+    # either execute() found the record ("re-attached") or the task resumed its recorded
+    # deferral; in both cases the same round is watched and nothing is submitted again
+    assert key in out and "submitted round" not in out
+    assert len(_jobs_named(site_info, key)) == 2  # still exactly one array + one fan-in
+
+
+def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, slurm_conn):
+    tag = f"kill{uuid.uuid4().hex[:6]}"
+    run_id = f"kill_{tag}"
+    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 120}, slurm_site=slurm_conn)
+    p = _task(airflow_home, "blocking", run_id, slurm_site=slurm_conn)
+    key = _wait_for_record(site_info, tag)
+    deadline = time.monotonic() + 60
+    while "RUNNING" not in on_site(site_info, f"squeue -h -n {key} -o %T").stdout:
+        assert time.monotonic() < deadline, "jobs never started"
+        time.sleep(0.5)
+    os.kill(p.pid, signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    deadline = time.monotonic() + 30
+    while _squeue_named(site_info, key):
+        assert time.monotonic() < deadline, f"jobs still queued after on_kill:\n{out[-3000:]}"
+        time.sleep(0.5)
+    assert "cancelled" in out
+
+
+def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeypatch):
+    from batchsite.config import site_config_from_connection
+    from batchsite.hooks.site import site_from_config
+    from batchsite.model import RoundSpec, WorkUnit
+    from batchsite.triggers.round import BatchRoundTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_SLURM_SITE", json.dumps(slurm_conn))
+    cfg = site_config_from_connection("slurm_site", slurm_conn["host"], slurm_conn["port"], slurm_conn["login"],
+                                      slurm_conn["extra"])
+    key = f"bs-trig-{uuid.uuid4().hex[:8]}"
+    spec = RoundSpec(key=key, label="t", workdir=f"{cfg.remote_root}/test/{key}", env_script=cfg.env_script,
+                     units=[WorkUnit(index=i, argv=["sleep", "120"]) for i in range(3)], fanin=["true"])
+    site = site_from_config(cfg)
+    sub = site.submit(spec)
+    site.close()
+    assert _squeue_named(site_info, key)
+    trig = BatchRoundTrigger(cfg.public_dict(), sub.model_dump(mode="json"), "t")
+    asyncio.run(trig.on_kill())
+    deadline = time.monotonic() + 30
+    while _squeue_named(site_info, key):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, airflow_home, slurm_conn):
+    tag = f"fail{uuid.uuid4().hex[:6]}"
+    run_id = f"fail_{tag}"
+    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 1}, slurm_site=slurm_conn)
+    p = _task(airflow_home, "failing", run_id, slurm_site=slurm_conn)
+    out, _ = p.communicate(timeout=300)
+    assert "Task failed with exception" in out  # `tasks test` exits 0 even then
+    assert "2 of 8 units failed: [2, 5]" in out, out[-4000:]
+    assert "DependencyNeverSatisfied" in out and "fan-in" in out
+    assert f"{site_info['remote_root']}/test/{tag}/" in out  # where the logs are
+    key = re.search(r"round (bs-failing-[0-9a-f]+)", out).group(1)
+    assert _squeue_named(site_info, key) == []  # nothing left pending forever
