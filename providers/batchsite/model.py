@@ -139,7 +139,11 @@ class Submission(Frozen):
     workdir: str
     indices: list[int]
     fanout_id: str  # Slurm array job id / DAGMan cluster id / local job id
-    fanin_id: str | None = None  # Slurm afterok job id (DAGMan: the fan-in is a node)
+    #: the fan-in step, if the round has one. Slurm: the ``afterok`` job id. HTCondor: the
+    #: fan-in NODE name ``"fanin"`` (not a job id: DAGMan runs it inside ``fanout_id``; the
+    #: HTCondor backend's submit, find and status parsers rely on this value). Local: None
+    #: (the runner runs the fan-in itself).
+    fanin_id: str | None = None
     schedd: str | None = None  # HTCondor: the schedd the DAG went to
     script_hash: str = ""
     submitted_at: float = 0.0

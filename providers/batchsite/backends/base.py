@@ -29,6 +29,8 @@ class RenderedRound:
 
 @dataclass(frozen=True)
 class SubmitIds:
+    """What ``parse_submit`` / ``parse_find`` read; the fields of ``Submission`` of the same names."""
+
     fanout_id: str
     fanin_id: str | None = None
     schedd: str | None = None
@@ -60,6 +62,33 @@ class Backend(abc.ABC):
 
     def apply_probe(self, text: str) -> None:  # noqa: B027 - optional
         """Take what probe_script printed (e.g. whether sacct works)."""
+
+    # -------------------------------------------------------------- re-attach by scheduler name
+    # Optional. ``Site.submit`` uses these when a submission left a lock but no record
+    # (it died half-way, or submit.sh failed): the round's jobs carry ``spec.key`` as their
+    # scheduler name (Slurm --job-name, DAGMan -batch-name).
+
+    def render_find_script(self, spec: RoundSpec) -> str | None:
+        """ONE sh script that looks for the jobs of this round by name; None: this backend
+        cannot search (local: the runner's own lock file already prevents a second runner)."""
+        return None
+
+    def parse_find(self, text: str, spec: RoundSpec) -> SubmitIds | None:
+        """The ids of the round's submission in the output of ``render_find_script(spec)``;
+        None: definitely not submitted. Raises ValueError when the scheduler could not be
+        asked, or when the answer is ambiguous (two submissions carry the name, half a
+        submission): the caller must not guess."""
+        raise NotImplementedError(f"{self.name}: cannot look for submissions by name")
+
+    def format_submit(self, ids: SubmitIds) -> str:
+        """What submit.sh prints for these ids, so ``parse_submit`` reads them back (the
+        submission record written for a submission found by ``parse_find``)."""
+        raise NotImplementedError(f"{self.name}: cannot write a record for found ids")
+
+    def diagnose(self, text: str) -> str | None:
+        """A hint for a known error in a tool's output (credentials, controller down, bad
+        partition), or None. ``Site`` adds it to the errors it raises."""
+        return None
 
 
 _REGISTRY: dict[str, type[Backend]] = {}

@@ -5,6 +5,12 @@
   exit-code file ``status/<index>.exit`` (or ``status/fanin.exit``) by temp name + rename;
 * the sectioned status output: one remote command prints several sections
   (``@@BATCHSITE <section> <key>``), each parsed by its own pure function;
+* ``RUN_HELPER`` (the ``bs_run`` shell function) and ``parse_run_section``: one scheduler
+  command per section, its stdout streamed, its stderr and exit code recorded;
+* the sections every re-attach (find) script adds: earlier submission records of the
+  workdir (``Site.resubmit`` keeps them as ``submitted.<n>``) and the log of failed
+  submission attempts, so a finder never mistakes an old or a cancelled job for the one
+  it looks for;
 * ``merge_observation``: the rule that turns queue + accounting + exit file into one state.
   A unit that left the queue without an exit file or an accounting record is VANISHED,
   never DONE.
@@ -13,7 +19,8 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from batchsite.model import JobState, RoundSpec, Submission, TaskStatus
 
@@ -22,6 +29,8 @@ FANIN = "fanin"
 SECTION = "@@BATCHSITE"
 #: exit code the unit script uses when it is asked for an index it does not have
 NO_SUCH_UNIT = 97
+#: per workdir: the submission record, its lock and the failure markers (see site.py)
+RECORD_DIR = ".batchsite"
 
 
 def q(s: str) -> str:
@@ -112,6 +121,113 @@ def split_sections(text: str) -> dict[tuple[str, str], str]:
         if current is not None:
             current.append(line)
     return {k: "\n".join(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- one command per section
+
+#: ``bs_run <command...>``: the command's stdout is streamed through (never held in memory
+#: or in a temp file: condor_q -json of a big DAG is megabytes) and always ends with a
+#: newline; then its stderr as ``!err <line>`` lines and ``!rc <exit code>``. Sets
+#: ``$bs_rc`` and ``$bs_err`` and returns the command's exit code. No temp files: stderr
+#: and the exit code travel through fd 4 into a variable, the stream goes to fd 3 (the
+#: script's stdout). POSIX sh + awk.
+RUN_HELPER = r"""exec 3>&1
+bs_nl='
+'
+bs_run() {
+  bs_out=$( { { "$@" 2>&4 3>&- 4>&-; printf '\n%s\n' "$?" >&4; } | awk '{ print }' >&3 3>&- 4>&-; } 4>&1 )
+  bs_rc=${bs_out##*"$bs_nl"}
+  bs_err=${bs_out%"$bs_rc"}
+  while :; do case $bs_err in *"$bs_nl") bs_err=${bs_err%"$bs_nl"} ;; *) break ;; esac; done
+  [ -n "$bs_err" ] && printf '%s\n' "$bs_err" | sed 's/^/!err /'
+  echo "!rc $bs_rc"
+  return "$bs_rc"
+}"""
+
+
+@dataclass
+class RunSection:
+    """A section written by ``bs_run``: stdout lines, ``!err`` lines, ``!rc``; ``!skipped``
+    when the script decided not to run the command. ``present`` is False when the section
+    is missing from the output altogether."""
+
+    lines: list[str] = field(default_factory=list)
+    err_lines: list[str] = field(default_factory=list)
+    rc: int | None = None
+    skipped: bool = False
+    present: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.present and self.rc == 0
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.lines)
+
+    def error_text(self) -> str:
+        """The first line of the error (HTCondor's tools follow it with "Extra Info" prose)."""
+        errs = [e.strip() for e in self.err_lines if e.strip()]
+        if errs:
+            return errs[0][:300]
+        if not self.present:
+            return "no output"
+        if self.rc is None:
+            return "the command did not finish"
+        return f"exit code {self.rc}"
+
+
+def parse_run_section(text: str | None) -> RunSection:
+    """The text of one section (``split_sections(...).get(...)``; None: section missing)."""
+    out = RunSection(present=text is not None)
+    for line in (text or "").splitlines():
+        if line.startswith("!err "):
+            out.err_lines.append(line[5:])
+        elif line.startswith("!rc "):
+            try:
+                out.rc = int(line[4:].strip())
+            except ValueError:
+                out.rc = -1
+        elif line.strip() == "!skipped":
+            out.skipped = True
+        else:
+            out.lines.append(line)
+    return out
+
+
+# ---------------------------------------------------------------- re-attach (find) scripts
+
+def render_history_sections(workdir: str) -> str:
+    """Sections ``record <n>`` (each ``submitted.<n>`` kept by ``Site.resubmit``) and
+    ``failed`` (every failed submission attempt: submit.sh's stderr and stdout)."""
+    d = q(f"{workdir}/{RECORD_DIR}")
+    return "\n".join([
+        f"for f in {d}/submitted.*; do",
+        f'  [ -f "$f" ] || continue; n=${{f##*/submitted.}}',
+        '  case "$n" in ""|*[!0-9]*) continue ;; esac',
+        f'  echo "{SECTION} record $n"; cat "$f"; echo',
+        "done",
+        section_header("failed"),
+        f"[ -f {d}/failed.log ] && cat {d}/failed.log",
+    ])
+
+
+def earlier_submissions(text: str, parse_submit: Callable[[str], object]) -> list:
+    """The ids (``parse_submit`` of each) of the records ``render_history_sections`` printed."""
+    out = []
+    for (name, _n), body in split_sections(text or "").items():
+        if name != "record":
+            continue
+        try:
+            out.append(parse_submit(body))
+        except ValueError:
+            continue
+    return out
+
+
+def failed_attempts(text: str) -> str:
+    """What the failed submission attempts printed (``failed`` section), '' if none."""
+    return split_sections(text or "").get(("failed", "-"), "")
 
 
 def render_exit_files_section(subs: Sequence[Submission]) -> str:

@@ -332,35 +332,23 @@ def render_round(spec: RoundSpec, opts: Options = Options()) -> RenderedRound:
     return RenderedRound(files=files, submit_script=render_submit_script(spec), executable=executable)
 
 
-_SUBMIT_LINE = re.compile(r"^dagman=(\d+) schedd=(\S*)(?: fanin=(\S+))?\s*$", re.M)
-_CLUSTER = re.compile(r"submitted to cluster (\d+)\.")
+parse_submit = hp.parse_submit
 
 
-def parse_submit(stdout: str) -> SubmitIds:
-    found = _SUBMIT_LINE.findall(stdout or "")
-    if found:
-        cluster, schedd, fanin = found[-1]
-        return SubmitIds(fanout_id=cluster, fanin_id=fanin or None, schedd=schedd or None)
-    m = _CLUSTER.findall(stdout or "")
-    if m:
-        return SubmitIds(fanout_id=m[-1])
-    raise ValueError(f"no DAGMan cluster id in the output of submit.sh: {stdout!r}")
+def format_submit(ids: SubmitIds) -> str:
+    """What submit.sh prints for these ids (``parse_submit`` reads it back)."""
+    return f"dagman={ids.fanout_id} schedd={ids.schedd or ''}" + (f" fanin={FANIN_LAYER}" if ids.fanin_id else "")
 
 
 # ---------------------------------------------------------------------------- status script
 
-#: a command's stdout goes to the script's stdout (and stays in $bs_tmp for a later grep),
-#: its stderr becomes ``!err`` lines, then ``!rc <exit code>``
-_RUN_HELPER = r"""bs_tmp=$(mktemp 2>/dev/null) || bs_tmp=${TMPDIR:-/tmp}/batchsite.$$
-trap 'rm -f "$bs_tmp" "$bs_tmp.err"' EXIT
-bs_run() {
-  "$@" >"$bs_tmp" 2>"$bs_tmp.err"; bs_rc=$?
-  cat "$bs_tmp"
-  [ -s "$bs_tmp" ] && [ -n "$(tail -c 1 "$bs_tmp")" ] && echo
-  [ -s "$bs_tmp.err" ] && sed 's/^/!err /' "$bs_tmp.err"
-  echo "!rc $bs_rc"
-  return $bs_rc
-}"""
+#: passes the output of ``bs_run condor_q -json`` through unchanged and prints (to its
+#: stderr) 1 when the query worked but some DAGMan cluster of ``want`` is not in it, else 0
+_MISSING_AWK = r"""BEGIN { n = split(want, w, " ") }
+{ print }
+/^!rc / { rc = $2; next }
+{ for (i = 1; i <= n; i++) if ($0 ~ ("^ *\"ClusterId\": " w[i] "(,|$)")) seen[w[i]] = 1 }
+END { m = 0; if (rc == "0") for (i = 1; i <= n; i++) if (!(w[i] in seen)) m = 1; print m | "cat 1>&2" }"""
 
 #: what we read of a DAGMan job or a node job (everything else stays on the schedd)
 ATTRIBUTES = (
@@ -421,7 +409,7 @@ def render_status_script(subs: Sequence[Submission]) -> str:
     if not subs:
         return "true\n"
     _cluster_ids(subs)
-    lines = [_RUN_HELPER]
+    lines = [common.RUN_HELPER]
     for section, group in _schedd_groups(subs).items():
         clusters = [s.fanout_id for s in group]
         since = int(min(s.submitted_at for s in group)) - 3600
@@ -430,16 +418,12 @@ def render_status_script(subs: Sequence[Submission]) -> str:
         nsfs = " ".join(q(f"{s.workdir}/{node_status_file(s.key)}") for s in group)
         lines += [
             common.section_header("condor_q", section),
-            f"bs_run {condor_q_command(section, clusters)}",
-            "q_rc=$bs_rc",
             "# history only when it can tell something: a DAG left the queue or a node failed",
-            "need=0",
-            f'[ "$q_rc" -eq 0 ] && for c in {" ".join(clusters)}; do',
-            '  grep -Eq "^ *\\"ClusterId\\": $c(,|$)" "$bs_tmp" || need=1',
-            "done",
+            f"need=$(bs_run {condor_q_command(section, clusters)} 3>&1 | "
+            f"awk -v want={q(' '.join(clusters))} {q(_MISSING_AWK)} 2>&1 1>&3)",
             f"grep -qs 'STATUS_ERROR' {nsfs} && need=1",
             common.section_header("condor_history", section),
-            'if [ "$need" -eq 1 ]; then',
+            'if [ "$need" = 1 ]; then',
             f"  bs_run {condor_history_command(section, clusters, since, limit)}",
             "else echo '!skipped'; fi",
         ]
@@ -478,25 +462,33 @@ def render_cancel_script(subs: Sequence[Submission]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_find_by_batch_name_script(key: str, schedd: str | None = None) -> str:
+def render_find_by_batch_name_script(key: str, schedd: str | None = None, workdir: str | None = None) -> str:
     """The DAGMan job(s) submitted with ``-batch-name <key>`` (to re-attach a round whose
-    submission record is lost)."""
+    submission record is lost). With ``workdir``: whether DAGMan ever ran there (its
+    ``.dagman.out``), and the earlier records and failed attempts."""
     if not SAFE_NAME.match(key):
         raise ValueError(f"key={key!r} is not a safe job name")
     section = hp.schedd_section(schedd)
     c = f'JobBatchName == "{key}" && JobUniverse == 7'
-    return "\n".join([
-        _RUN_HELPER,
+    lines = [
+        common.RUN_HELPER,
         common.section_header("find", key),
         f"bs_run condor_q{_name_opt(section)} -constraint {q(c)} -af ClusterId GlobalJobId",
-        "exit 0",
-    ]) + "\n"
+    ]
+    if workdir is not None:
+        lines += [
+            common.section_header("files", key),
+            f"[ -f {q(workdir + '/' + dagman_out_file(key))} ] && echo dagman-out",
+            common.render_history_sections(workdir),
+        ]
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
 
 
 def probe_script() -> str:
     """condor_version, and whether a Kerberos ticket is there (lxplus; absent tools are fine)."""
     return "\n".join([
-        _RUN_HELPER,
+        common.RUN_HELPER,
         common.section_header("version"),
         "bs_run condor_version",
         common.section_header("klist"),
@@ -537,11 +529,15 @@ class HTCondorBackend(Backend):
     def apply_probe(self, text: str) -> None:
         self.version, self.kerberos_ok = hp.parse_probe(text)
 
-    def render_find_by_batch_name_script(self, key: str, schedd: str | None = None) -> str:
-        return render_find_by_batch_name_script(key, schedd)
+    def render_find_script(self, spec: RoundSpec) -> str:
+        # the submitting login node's default schedd: where condor_submit_dag just sent it
+        return render_find_by_batch_name_script(spec.key, None, spec.workdir)
 
-    def parse_find_by_batch_name(self, text: str, key: str, has_fanin: bool = False) -> SubmitIds | None:
-        return hp.parse_find_by_batch_name(text, key, has_fanin)
+    def parse_find(self, text: str, spec: RoundSpec) -> SubmitIds | None:
+        return hp.parse_find_by_batch_name(text, spec.key, bool(spec.fanin))
+
+    def format_submit(self, ids: SubmitIds) -> str:
+        return format_submit(ids)
 
     @staticmethod
     def diagnose(text: str) -> str | None:
@@ -550,7 +546,7 @@ class HTCondorBackend(Backend):
 
 
 __all__ = [
-    "HTCondorBackend", "Options", "render_round", "render_dag", "render_submit_file", "parse_submit",
+    "HTCondorBackend", "Options", "render_round", "render_dag", "render_submit_file", "parse_submit", "format_submit",
     "render_status_script", "render_cancel_script", "render_find_by_batch_name_script", "fix_maxjobs",
     "validate_submit", "node_names",
 ]

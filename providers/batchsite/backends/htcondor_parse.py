@@ -1,6 +1,7 @@
 """HTCondor backend, the reading half: what ``condor_q -json``, ``condor_history -json``,
 DAGMan's node status file, its ``.metrics`` and ``.dagman.out`` say, turned into
-``RoundStatus``. Pure functions; ``htcondor.py`` renders the commands whose output this reads.
+``RoundStatus``; and submit.sh's and the find script's output turned into ``SubmitIds``.
+Pure functions; ``htcondor.py`` renders the commands whose output this reads.
 
 Witnesses, freshest first, for one DAG node:
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import classad2
 
 from batchsite.backends import common
+from batchsite.backends.base import SubmitIds
 from batchsite.model import JobState, RoundStatus, Submission, TaskStatus
 
 FANIN_NODE = "fanin"
@@ -56,46 +58,20 @@ def schedd_section(schedd: str | None) -> str:
 
 # ---------------------------------------------------------------------------- sections
 
-class Cmd:
-    """A section written by ``bs_run``: stdout lines, ``!err`` lines, ``!rc``; ``!skipped``."""
+_SUBMIT_LINE = re.compile(r"^dagman=(\d+) schedd=(\S*)(?: fanin=(\S+))?\s*$", re.M)
+_CLUSTER = re.compile(r"submitted to cluster (\d+)\.")
 
-    def __init__(self, text: str | None):
-        self.present = text is not None
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-        self.rc: int | None = None
-        self.skipped = False
-        for line in (text or "").splitlines():
-            if line.startswith("!err "):
-                self.errors.append(line[5:])
-            elif line.startswith("!rc "):
-                try:
-                    self.rc = int(line[4:].strip())
-                except ValueError:
-                    self.rc = -1
-            elif line.strip() == "!skipped":
-                self.skipped = True
-            else:
-                self.lines.append(line)
 
-    @property
-    def ok(self) -> bool:
-        return self.present and self.rc == 0
-
-    @property
-    def stdout(self) -> str:
-        return "\n".join(self.lines)
-
-    def error_text(self) -> str:
-        """The first line of the error (HTCondor's tools follow it with "Extra Info" prose)."""
-        errs = [e.strip() for e in self.errors if e.strip()]
-        if errs:
-            return errs[0][:300]
-        if not self.present:
-            return "no output"
-        if self.rc is None:
-            return "the command did not finish"
-        return f"exit code {self.rc}"
+def parse_submit(stdout: str) -> SubmitIds:
+    """submit.sh's ``dagman=<cluster> schedd=<name>[ fanin=fanin]``, else condor_submit's own line."""
+    found = _SUBMIT_LINE.findall(stdout or "")
+    if found:
+        cluster, schedd, fanin = found[-1]
+        return SubmitIds(fanout_id=cluster, fanin_id=fanin or None, schedd=schedd or None)
+    m = _CLUSTER.findall(stdout or "")
+    if m:
+        return SubmitIds(fanout_id=m[-1])
+    raise ValueError(f"no DAGMan cluster id in the output of submit.sh: {stdout!r}")
 
 
 def parse_json_ads(text: str) -> list[dict] | None:
@@ -313,17 +289,17 @@ class _Schedd:
 def _schedd_views(sections: dict[tuple[str, str], str], names: Iterable[str]) -> dict[str, _Schedd]:
     out: dict[str, _Schedd] = {}
     for name in names:
-        qc = Cmd(sections.get(("condor_q", name)))
+        qc = common.parse_run_section(sections.get(("condor_q", name)))
         q_ads = parse_json_ads(qc.stdout) if qc.ok else None
         error = ""
         if not qc.ok:
             error = f"condor_q failed: {qc.error_text()}"
         elif q_ads is None:
             error = "condor_q printed something that is not JSON (truncated output?)"
-        hc = Cmd(sections.get(("condor_history", name)))
+        hc = common.parse_run_section(sections.get(("condor_history", name)))
         h_ads = parse_json_ads(hc.stdout) if hc.ok else None
         out[name] = _Schedd(q_ok=q_ads is not None, q_ads=q_ads or [], h_ads=h_ads or [], error=error,
-                            error_full="\n".join(qc.errors))
+                            error_full="\n".join(qc.err_lines))
     return out
 
 
@@ -362,7 +338,7 @@ class _Round:
         self.dag_h = _dag_ad(view.h_ads, cluster)
         self.node_q = _latest_by_node(view.q_ads, cluster)
         self.node_h = _latest_by_node(view.h_ads, cluster)
-        self.nsf = parse_node_status(Cmd(sections.get(("nodes", sub.key))).stdout
+        self.nsf = parse_node_status(common.parse_run_section(sections.get(("nodes", sub.key))).stdout
                                      if ("nodes", sub.key) in sections else None)
         self.metrics = parse_metrics(sections.get(("metrics", sub.key)), sub.fanout_id)
         self.run = parse_dagman_out(sections.get(("dagman", sub.key)))
@@ -496,24 +472,32 @@ def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus
 
 # ---------------------------------------------------------------------------- find / probe
 
-def parse_find_by_batch_name(text: str, key: str, has_fanin: bool = False):
+def parse_find_by_batch_name(text: str, key: str, has_fanin: bool = False) -> SubmitIds | None:
     """``SubmitIds`` of the DAGMan job named ``key``, None when there is none. Raises
-    ValueError when condor_q failed (so "none" is never "could not look") or when more
-    than one DAGMan job carries the name."""
-    from batchsite.backends.base import SubmitIds
-
-    cmd = Cmd(common.split_sections(text or "").get(("find", key)))
+    ValueError when condor_q failed (so "none" is never "could not look"), when more
+    than one DAGMan job carries the name, or when none is in the queue but DAGMan ran in
+    the round's directory (``files`` section: it finished, or went to another schedd).
+    DAGMan jobs of earlier records (``record`` sections) do not count."""
+    sections = common.split_sections(text or "")
+    cmd = common.parse_run_section(sections.get(("find", key)))
     if not cmd.ok:
         msg = f"could not look up DAGMan jobs named {key}: {cmd.error_text()}"
-        hint = diagnose_credentials("\n".join(cmd.errors))
+        hint = diagnose_credentials("\n".join(cmd.err_lines))
         raise ValueError(f"{msg}; {hint}" if hint else msg)
+    earlier = common.earlier_submissions(text, parse_submit)
+    old = {ids.fanout_id for ids in earlier}
     found: list[tuple[str, str | None]] = []
     for line in cmd.lines:
         parts = line.split()
-        if parts and parts[0].isdigit():
+        if parts and parts[0].isdigit() and parts[0] not in old:
             schedd = parts[1].split("#", 1)[0] if len(parts) > 1 and "#" in parts[1] else None
             found.append((parts[0], schedd))
     if not found:
+        if not earlier and "dagman-out" in sections.get(("files", key), "").split():
+            raise ValueError(
+                f"no DAGMan job named {key} is in the queue, but DAGMan ran in the round's directory "
+                f"({key}.dag.dagman.out exists): it finished already, or it went to another schedd. "
+                f"Look for it with condor_history -constraint 'JobBatchName == \"{key}\"'")
         return None
     if len(found) > 1:
         raise ValueError(f"more than one DAGMan job carries the batch name {key}: {[c for c, _ in found]}")
@@ -524,9 +508,9 @@ def parse_find_by_batch_name(text: str, key: str, has_fanin: bool = False):
 def parse_probe(text: str) -> tuple[str | None, bool | None]:
     """(condor version, Kerberos ticket valid: True/False/None when klist is absent)."""
     sections = common.split_sections(text or "")
-    v = Cmd(sections.get(("version", "-")))
+    v = common.parse_run_section(sections.get(("version", "-")))
     m = re.search(r"\$CondorVersion: (\S+)", v.stdout)
-    k = Cmd(sections.get(("klist", "-")))
+    k = common.parse_run_section(sections.get(("klist", "-")))
     krb = None if (not k.present or k.skipped) else k.rc == 0
     return (m.group(1) if m else None), krb
 

@@ -30,6 +30,10 @@ sections. A runner that died (SIGKILL, reboot) never leaves a round RUNNING fore
 its queued units become FAILED (``RUNNER-LOST``), a unit recorded as running is RUNNING
 only while its own process still lives, and otherwise is judged by its exit file (or is
 VANISHED, which the poller turns into FAILED after ``vanish_grace``).
+
+No search by name (``render_find_script`` is None): the runner's lock file
+(``state/runner.lock``, O_EXCL) already makes a second runner for a workdir impossible, so
+``Site.submit`` may retry a failed submission without looking first.
 """
 
 from __future__ import annotations
@@ -105,7 +109,9 @@ def local_config(spec: RoundSpec) -> dict:
 def render_submit_script(spec: RoundSpec) -> str:
     """POSIX sh, run with cwd = workdir. Starts the runner detached, waits for its pid file
     (so the id printed is real) and prints ``local=<host>:<pid>``. On failure the runner is
-    killed and its state removed, so a later submission can start afresh."""
+    killed and its state removed, so a later submission can start afresh. A runner that
+    was started once blocks every later start (``state/runner.lock``), unless it finished
+    and an earlier record names it (``Site.resubmit``): then its state goes to ``state.<n>``."""
     wd = _wd(spec.workdir)
     py = spec.env.get("BATCHSITE_PYTHON") or "python3"
     tenths = START_TIMEOUT * 10
@@ -115,12 +121,21 @@ def render_submit_script(spec: RoundSpec) -> str:
         "set -u",
         f"wd={q(wd)}",
         'cd "$wd" || exit 1',
-        f"mkdir -p {LOG_DIR} {STATE_DIR} {common.STATUS_DIR} || exit 1",
         f"if [ -e {STATE_DIR}/runner.lock ]; then",
-        f'  echo "batchsite: a local runner was already started in $wd ({STATE_DIR}/runner.lock exists);'
+        "  # a resubmission (Site.resubmit kept the last record as submitted.<n>): the finished",
+        "  # runner that record names goes aside, with the exit files of its run",
+        f"  r=; rh=; [ -s {STATE_DIR}/runner.pid ] && read -r r rh < {STATE_DIR}/runner.pid",
+        f'  if [ -f {STATE_DIR}/runner.done ] && [ -n "$r" ] && grep -qsxF "local=$rh:$r" {common.RECORD_DIR}/submitted.*; then',
+        f'    n=1; while [ -e "{STATE_DIR}.$n" ]; do n=$((n + 1)); done',
+        f'    mv {STATE_DIR} "{STATE_DIR}.$n" || exit 1',
+        f'    [ -d {common.STATUS_DIR} ] && {{ mv {common.STATUS_DIR} "{STATE_DIR}.$n/{common.STATUS_DIR}" || exit 1; }}',
+        "  else",
+        f'    echo "batchsite: a local runner was already started in $wd ({STATE_DIR}/runner.lock exists);'
         f' remove $wd/{STATE_DIR} to run this round again" >&2',
-        "  exit 1",
+        "    exit 1",
+        "  fi",
         "fi",
+        f"mkdir -p {LOG_DIR} {STATE_DIR} {common.STATUS_DIR} || exit 1",
         f"PY=${{BATCHSITE_PYTHON:-{q(py)}}}",
         'command -v "$PY" >/dev/null 2>&1 || { echo "batchsite: no $PY on this machine: the local runner needs python3 >= 3.9 (set BATCHSITE_PYTHON)" >&2; exit 1; }',
         "# the runner calls setsid() itself; nohup + redirections: it outlives this shell and",

@@ -296,16 +296,8 @@ def parse_submit(stdout: str) -> SubmitIds:
 
 # ---------------------------------------------------------------------------- status script
 
-#: fd 3 = the script's stdout; a command's stdout goes there directly, its stderr is
-#: captured, then printed as ``!err`` lines followed by ``!rc <exit code>``.
-_RUN_HELPER = r"""exec 3>&1
-export SLURM_BITSTR_LEN=0
-bs_run() {
-  bs_err=$("$@" 2>&1 1>&3 3>&-); bs_rc=$?
-  [ -n "$bs_err" ] && printf '%s\n' "$bs_err" | sed 's/^/!err /'
-  echo "!rc $bs_rc"
-  return $bs_rc
-}"""
+#: before every script that prints job ids: the full array task list, never cut at 64 bytes
+_ENV = "export SLURM_BITSTR_LEN=0"
 
 #: after the squeue call: did it reach slurmctld? (exit 0, or only "Invalid job id" for a
 #: single purged id). When it did not, scontrol is skipped: each call would wait another
@@ -359,7 +351,7 @@ def render_status_script(subs: Sequence[Submission], accounting: bool | None = N
     if not subs:
         return "true\n"
     ids = _ids(subs)
-    lines = [_RUN_HELPER, common.section_header("squeue"), f"bs_run {squeue_command(ids)}", _CTLD_OK]
+    lines = [common.RUN_HELPER, _ENV, common.section_header("squeue"), f"bs_run {squeue_command(ids)}", _CTLD_OK]
     scontrol = ["if bs_ctld_ok; then"]
     for i in ids:
         scontrol += [f"  {common.section_header('scontrol', i)}", f"  bs_run {scontrol_command(i)}"]
@@ -383,45 +375,17 @@ def render_status_script(subs: Sequence[Submission], accounting: bool | None = N
 
 # ---------------------------------------------------------------------------- status parsing
 
-class _Cmd:
-    """A section written by ``bs_run``: output lines, stderr lines, exit code."""
+def _query_ok(cmd: common.RunSection) -> bool:
+    """The query ran: exit 0, or its only complaint is about ids Slurm no longer knows."""
+    if not cmd.present or cmd.rc is None:
+        return False
+    if cmd.rc == 0:
+        return True
+    return bool(cmd.err_lines) and all(_NO_SUCH_JOB.search(e) for e in cmd.err_lines if e.strip())
 
-    def __init__(self, text: str | None):
-        self.present = text is not None
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-        self.rc: int | None = None
-        for line in (text or "").splitlines():
-            if line.startswith("!err "):
-                self.errors.append(line[5:])
-            elif line.startswith("!rc "):
-                try:
-                    self.rc = int(line[4:].strip())
-                except ValueError:
-                    self.rc = -1
-            elif line.strip():
-                self.lines.append(line)
 
-    @property
-    def ok(self) -> bool:
-        """The query ran: exit 0, or its only complaint is about ids Slurm no longer knows."""
-        if not self.present or self.rc is None:
-            return False
-        if self.rc == 0:
-            return True
-        return bool(self.errors) and all(_NO_SUCH_JOB.search(e) for e in self.errors if e.strip())
-
-    @property
-    def accounting_disabled(self) -> bool:
-        return any(_ACCOUNTING_DISABLED.search(e) for e in self.errors)
-
-    def error_text(self) -> str:
-        errs = [e.strip() for e in self.errors if e.strip()]
-        if errs:
-            return errs[0]
-        if not self.present:
-            return "no output"
-        return f"exit code {self.rc}"
+def _accounting_disabled(cmd: common.RunSection) -> bool:
+    return any(_ACCOUNTING_DISABLED.search(e) for e in cmd.err_lines)
 
 
 class _Observed:
@@ -493,35 +457,36 @@ def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus
     VANISHED.
     """
     sections = common.split_sections(text or "")
-    squeue = _Cmd(sections.get(("squeue", "-")))
-    queue = parse_squeue_lines(squeue.lines) if squeue.ok else _Observed()
+    squeue = common.parse_run_section(sections.get(("squeue", "-")))
+    squeue_ok = _query_ok(squeue)
+    queue = parse_squeue_lines(squeue.lines) if squeue_ok else _Observed()
 
     notes: list[str] = []
-    if not squeue.ok:
+    if not squeue_ok:
         notes.append(f"squeue failed: {squeue.error_text()}")
 
-    sacct = _Cmd(sections.get(("sacct", "-")))
+    sacct = common.parse_run_section(sections.get(("sacct", "-")))
     acct = _Observed()
     acct_ok = False
-    if sacct.present and sacct.ok:
+    if sacct.present and _query_ok(sacct):
         acct_ok = True
         parse_sacct_lines(sacct.lines, acct)
     else:
-        if sacct.present and not sacct.accounting_disabled:
+        if sacct.present and not _accounting_disabled(sacct):
             notes.append(f"sacct failed: {sacct.error_text()}")
         keys = [("scontrol", i) for i in _ids(subs, strict=False)] + [("scontrol", "-")]
-        scontrols = [_Cmd(sections[k]) for k in keys if k in sections]
+        scontrols = [common.parse_run_section(sections[k]) for k in keys if k in sections]
         if scontrols:
-            acct_ok = all(c.ok for c in scontrols)
+            acct_ok = all(_query_ok(c) for c in scontrols)
             for c in scontrols:
                 parse_scontrol_lines(c.lines, acct)
-            bad = [c for c in scontrols if not c.ok]
+            bad = [c for c in scontrols if not _query_ok(c)]
             if bad:
                 notes.append(f"scontrol failed: {bad[0].error_text()}")
         elif not sacct.present:
             notes.append("no accounting section in the status output")
 
-    scheduler_ok = squeue.ok and acct_ok
+    scheduler_ok = squeue_ok and acct_ok
     note = "; ".join(notes)
     out: dict[str, RoundStatus] = {}
     for s in subs:
@@ -557,12 +522,12 @@ def _merge(queue: TaskStatus | None, acct: TaskStatus | None, rc: int | None, ok
     return st
 
 
-# ---------------------------------------------------------------------------- probe / cancel / find
+# ---------------------------------------------------------------------------- probe / cancel / find (re-attach)
 
 def probe_script() -> str:
     """Is accounting (sacct) usable? Prints a section the same way status scripts do."""
     return "\n".join([
-        _RUN_HELPER,
+        common.RUN_HELPER,
         common.section_header("version"),
         "bs_run squeue --version",
         common.section_header("sacct"),
@@ -574,10 +539,10 @@ def probe_script() -> str:
 def parse_probe(text: str) -> bool | None:
     """True: sacct works; False: accounting storage is disabled; None: could not tell
     (slurmdbd down, sacct missing): the status script then tries sacct and falls back."""
-    sacct = _Cmd(common.split_sections(text or "").get(("sacct", "-")))
+    sacct = common.parse_run_section(common.split_sections(text or "").get(("sacct", "-")))
     if not sacct.present:
         return None
-    if sacct.accounting_disabled:
+    if _accounting_disabled(sacct):
         return False
     return True if sacct.rc == 0 else None
 
@@ -591,11 +556,17 @@ def render_cancel_script(subs: Sequence[Submission]) -> str:
     return f"scancel {' '.join(ids)} 2>&1\necho \"scancel exit $?\"\nexit 0\n"
 
 
-def render_find_by_name_script(key: str, accounting: bool | None = None) -> str:
+def render_find_by_name_script(key: str, accounting: bool | None = None, workdir: str | None = None) -> str:
+    """The jobs named ``key`` (array and fan-in carry the round key as ``--job-name``):
+    ``squeue -t all`` (the live queue and recently ended jobs) and, with accounting,
+    ``sacct`` over 30 days. With ``workdir``: also the log file names of the round (a job
+    that ran left ``logs/<key>_<array id>_<index>.out`` even when slurmctld forgot it) and
+    the earlier records and failed attempts (``common.render_history_sections``)."""
     if not SAFE_NAME.match(key):
         raise ValueError(f"key={key!r} is not a safe job name")
     lines = [
-        _RUN_HELPER,
+        common.RUN_HELPER,
+        _ENV,
         common.section_header("squeue"),
         f"bs_run squeue -h -a -t all --name={key} -o {q(SQUEUE_FORMAT)}",
     ]
@@ -604,31 +575,56 @@ def render_find_by_name_script(key: str, accounting: bool | None = None) -> str:
             common.section_header("sacct"),
             f"bs_run sacct -n -P -X --name={key} --starttime=now-30days -o {SACCT_FIELDS}",
         ]
+    if workdir is not None:
+        # one name per array (the glob is sorted: an array's files are contiguous), every fan-in
+        logs = q(f"{workdir}/{LOG_DIR}")
+        lines += [
+            common.section_header("logs"),
+            f"last=; for f in {logs}/{key}_*.out; do",
+            f'  [ -f "$f" ] || continue; n=${{f##*/{key}_}}; a=${{n%%_*}}',
+            '  [ "$a" != fanin ] && [ "$a" = "$last" ] && continue',
+            '  last=$a; echo "$n"',
+            "done",
+            common.render_history_sections(workdir),
+        ]
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
+
+
+_LOG_NAME = re.compile(r"^(?:(\d+)_\d+|fanin_(\d+))\.out$")
+_CANCELLED_BY_SUBMIT = re.compile(r"cancelling array (\d+)")
 
 
 def parse_find_by_name(text: str) -> SubmitIds | None:
     """The array job and the fan-in job named after a round key, or None if there is none.
 
     Raises ValueError when the scheduler could not be asked (so "nothing found" is never
-    confused with "could not look"), or when more than one array carries the name.
+    confused with "could not look"), or when more than one array carries the name. Jobs
+    of earlier records (``record`` sections) and arrays a failed submit.sh cancelled
+    itself (``failed`` section) do not count.
     """
     sections = common.split_sections(text or "")
-    squeue = _Cmd(sections.get(("squeue", "-")))
-    sacct = _Cmd(sections.get(("sacct", "-")))
-    if not squeue.ok and not (sacct.present and sacct.ok):
+    squeue = common.parse_run_section(sections.get(("squeue", "-")))
+    sacct = common.parse_run_section(sections.get(("sacct", "-")))
+    if not _query_ok(squeue) and not (sacct.present and _query_ok(sacct)):
         raise ValueError(f"could not look up jobs by name: squeue: {squeue.error_text()}")
     arrays: set[str] = set()
     plain: set[str] = set()
     for cmd in (squeue, sacct):
-        if not cmd.ok:
+        if not _query_ok(cmd):
             continue
         for line in cmd.lines:
             parsed = split_job_id(line.split("|", 1)[0])
             if parsed is None:
                 continue
             (arrays if parsed[1] is not None else plain).add(parsed[0])
+    for line in sections.get(("logs", "-"), "").splitlines():
+        if m := _LOG_NAME.match(line.strip()):
+            (arrays if m.group(1) else plain).add(m.group(1) or m.group(2))
+    for ids in common.earlier_submissions(text, parse_submit):
+        arrays.discard(ids.fanout_id)
+        plain.discard(ids.fanin_id or "")
+    arrays -= set(_CANCELLED_BY_SUBMIT.findall(common.failed_attempts(text)))
     if not arrays:
         return None
     if len(arrays) > 1:
@@ -636,6 +632,48 @@ def parse_find_by_name(text: str) -> SubmitIds | None:
     array_id = arrays.pop()
     later = sorted((p for p in plain if int(p) > int(array_id)), key=int)
     return SubmitIds(fanout_id=array_id, fanin_id=later[0] if later else None)
+
+
+def parse_find(text: str, spec: RoundSpec) -> SubmitIds | None:
+    """``parse_find_by_name`` for ``spec``: an array without the fan-in the round needs is
+    half a submission (submit.sh stopped between its two sbatch calls): ValueError."""
+    ids = parse_find_by_name(text)
+    if ids is not None and spec.fanin and ids.fanin_id is None:
+        raise ValueError(
+            f"job array {ids.fanout_id} is named {spec.key} but no fan-in job is: the submission stopped "
+            f"between its two sbatch calls. Cancel it (scancel {ids.fanout_id}) and remove "
+            f"{spec.workdir}/{common.RECORD_DIR}/lock to submit the round again"
+        )
+    return ids
+
+
+def format_submit(ids: SubmitIds) -> str:
+    """What submit.sh prints for these ids (``parse_submit`` reads it back)."""
+    return f"array={ids.fanout_id}" + (f" fanin={ids.fanin_id}" if ids.fanin_id else "")
+
+
+# ---------------------------------------------------------------------------- diagnose
+
+#: (pattern, hint) in the order they are tried; texts Slurm's tools print (sbatch_ctld_down.txt,
+#: squeue_ctld_down.txt, submit_fanin_rejected.txt in tests/data/slurm)
+SLURM_ERRORS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"Unable to contact slurm controller", re.I),
+     "slurmctld is not answering (down, restarting, or not reachable from this login node): usually "
+     "transient, the next attempt asks again; if it persists, check `scontrol ping` and tell the site admins"),
+    (re.compile(r"Invalid account or account/partition combination", re.I),
+     "the account (resources.account) may not use this partition (resources.partition): list yours with "
+     "`sacctmgr -n show assoc user=$USER format=account,partition`"),
+    (re.compile(r"invalid partition", re.I),
+     "the partition (resources.partition) does not exist on this cluster: list them with `sinfo -s`"),
+]
+
+
+def diagnose(text: str) -> str | None:
+    """A hint for a known Slurm error in ``text`` (a tool's stderr), else None."""
+    for pat, msg in SLURM_ERRORS:
+        if pat.search(text or ""):
+            return msg
+    return None
 
 
 # ---------------------------------------------------------------------------- the Backend
@@ -668,8 +706,14 @@ class SlurmBackend(Backend):
     def apply_probe(self, text: str) -> None:
         self.accounting = parse_probe(text)
 
-    def render_find_by_name_script(self, key: str) -> str:
-        return render_find_by_name_script(key, self.accounting)
+    def render_find_script(self, spec: RoundSpec) -> str:
+        return render_find_by_name_script(spec.key, self.accounting, spec.workdir)
 
-    def parse_find_by_name(self, text: str) -> SubmitIds | None:
-        return parse_find_by_name(text)
+    def parse_find(self, text: str, spec: RoundSpec) -> SubmitIds | None:
+        return parse_find(text, spec)
+
+    def format_submit(self, ids: SubmitIds) -> str:
+        return format_submit(ids)
+
+    def diagnose(self, text: str) -> str | None:
+        return diagnose(text)

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -82,3 +83,83 @@ def test_merge_rule():
     assert merge_observation(None, None, 1).state is JobState.FAILED
     # no witness at all: vanished, never done
     assert merge_observation(None, None, None).state is JobState.VANISHED
+
+
+# ---------------------------------------------------------------------------- bs_run
+
+def _bs_run(tmp_path, command: str, shell: str = "sh") -> subprocess.CompletedProcess:
+    from batchsite.backends.common import RUN_HELPER
+
+    script = RUN_HELPER + f"\necho '@@BATCHSITE t -'\nbs_run {command}\necho \"after $? $bs_rc\"\n"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    return subprocess.run([shell, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_run_helper_records_stdout_stderr_and_exit_code(tmp_path, shell):
+    from batchsite.backends.common import parse_run_section
+
+    p = _bs_run(tmp_path, "sh -c 'echo out1; printf out2; echo err1 >&2; printf err2 >&2; exit 3'", shell)
+    assert p.returncode == 0 and p.stderr == ""
+    # stdout without a final newline still ends its line; stderr after it, then the exit code
+    assert p.stdout.splitlines() == ["@@BATCHSITE t -", "out1", "out2", "!err err1", "!err err2", "!rc 3", "after 3 3"]
+    sec = parse_run_section(split_sections(p.stdout)[("t", "-")])
+    assert (sec.lines, sec.err_lines, sec.rc, sec.ok, sec.present) == (["out1", "out2", "after 3 3"], ["err1", "err2"], 3, False, True)
+    assert sec.error_text() == "err1"
+    assert list(tmp_path.iterdir()) == []  # no temp files
+
+
+def test_run_helper_empty_and_missing_command(tmp_path):
+    p = _bs_run(tmp_path, "true")
+    assert p.stdout.splitlines() == ["@@BATCHSITE t -", "!rc 0", "after 0 0"]
+    p = _bs_run(tmp_path, "no-such-command-batchsite")
+    lines = p.stdout.splitlines()
+    assert lines[1].startswith("!err ") and "not found" in lines[1] and lines[2] == "!rc 127"
+
+
+def test_run_helper_streams_stdout(tmp_path):
+    """A big output (condor_q -json of a large DAG) reaches the reader while the command
+    still runs: it is passed on through a pipe buffer, never held whole."""
+    from batchsite.backends.common import RUN_HELPER
+
+    script = RUN_HELPER + "\nbs_run sh -c 'yes 0123456789abcdef | head -c 1000000; echo; sleep 3; echo second'\n"
+    t0 = time.monotonic()
+    p = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE)
+    got = 0
+    while got < 900_000:
+        chunk = p.stdout.read1(65536)
+        assert chunk, "output ended early"
+        got += len(chunk)
+    assert time.monotonic() - t0 < 2.5
+    assert p.stdout.read().decode().splitlines()[-2:] == ["second", "!rc 0"]
+    p.wait()
+
+
+def test_parse_run_section_skipped_and_missing():
+    from batchsite.backends.common import parse_run_section
+
+    s = parse_run_section("!skipped")
+    assert s.skipped and s.rc is None and not s.ok
+    s = parse_run_section(None)
+    assert not s.present and s.error_text() == "no output"
+    assert parse_run_section("x\n!rc zz").rc == -1
+    assert parse_run_section("!rc 0").error_text() == "exit code 0"
+    assert parse_run_section("x").error_text() == "the command did not finish"
+
+
+def test_history_sections(tmp_path):
+    from batchsite.backends.common import earlier_submissions, failed_attempts, render_history_sections
+
+    meta = tmp_path / ".batchsite"
+    meta.mkdir()
+    (meta / "submitted.1").write_text("h\n1\narray=5\n")
+    (meta / "submitted.2").write_text("h\n2\narray=9 fanin=10\n")
+    (meta / "submitted.tmp.123").write_text("h\n3\narray=77\n")  # a record being written
+    (meta / "failed.log").write_text("submit.sh exited 2 at 3\ncancelling array 11\n")
+    p = subprocess.run(["sh", "-c", render_history_sections(str(tmp_path))], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stderr == ""
+    ids = earlier_submissions(p.stdout, lambda t: t.strip().splitlines()[-1])
+    assert sorted(ids) == ["array=5", "array=9 fanin=10"]
+    assert "cancelling array 11" in failed_attempts(p.stdout)
+    empty = subprocess.run(["sh", "-c", render_history_sections(str(tmp_path / "none"))], capture_output=True, text=True)
+    assert empty.stdout == "@@BATCHSITE failed -\n" and earlier_submissions(empty.stdout, str) == []

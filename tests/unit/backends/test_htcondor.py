@@ -395,7 +395,7 @@ def test_rescue_dag_reruns_only_failed_nodes():
                           2: (JobState.DONE, 0, False), 3: (JobState.RUNNING, None, False)}
     text = fixture("status_rescue_running.txt")
     # only unit1 and unit3 have jobs in the queue of DAGMan 24
-    nodes = [a["DAGNodeName"] for a in hp.parse_json_ads(hp.Cmd(common.split_sections(text)[("condor_q", "bsite@vm")]).stdout)
+    nodes = [a["DAGNodeName"] for a in hp.parse_json_ads(common.parse_run_section(common.split_sections(text)[("condor_q", "bsite@vm")]).stdout)
              if "DAGNodeName" in a]
     assert sorted(nodes) == ["unit1", "unit3"]
     st = parse_fixture("status_rescue_done.txt")
@@ -412,7 +412,7 @@ def test_held_node():
                           2: (JobState.RUNNING, None, False)}
     assert st.units[1].reason == "via condor_hold (by user bsite) (HoldReasonCode 1)"
     assert "HoldReason: via condor_hold" in st.progress_line("iter01")
-    nsf = hp.parse_node_status(hp.Cmd(common.split_sections(fixture("status_node_held.txt"))[("nodes", "bs-hold-1")]).stdout)
+    nsf = hp.parse_node_status(common.parse_run_section(common.split_sections(fixture("status_node_held.txt"))[("nodes", "bs-hold-1")]).stdout)
     assert nsf.nodes["unit1"]["JobProcsHeld"] == 1 and nsf.nodes["unit1"]["StatusDetails"] == "idle"
     # from the node file alone (condor_q not showing the job) it is HELD as well
     assert hp.node_file_status(nsf.nodes["unit1"]).state is JobState.HELD
@@ -618,6 +618,59 @@ def test_find_by_batch_name():
         hp.parse_find_by_batch_name(down, "bs-r1")
 
 
+def test_find_script_and_parse_find_on_captured_outputs():
+    b = h.HTCondorBackend()
+    s = spec("/home/bsite/bsdag/find1", key="bs-find-1")
+    script = b.render_find_script(s)
+    assert "condor_q -constraint 'JobBatchName == \"bs-find-1\" && JobUniverse == 7' -af ClusterId GlobalJobId" in script
+    assert "/home/bsite/bsdag/find1/bs-find-1.dag.dagman.out" in script
+    assert "/home/bsite/bsdag/find1/.batchsite/submitted." in script
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    ids = b.parse_find(fixture("find_by_batch_name.txt"), s)
+    assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("47", "bsite@vm", "fanin")
+    assert b.parse_find(fixture("find_by_batch_name.txt"), spec(key="bs-find-1", fanin=None)).fanin_id is None
+    assert b.parse_find(fixture("find_by_batch_name_none.txt"), spec(key="bs-nosuch-1")) is None
+    # the record written for found ids reads back the same
+    assert h.parse_submit(b.format_submit(ids)) == ids
+    assert h.parse_submit(b.format_submit(h.SubmitIds("5"))) == h.SubmitIds("5")
+
+
+def test_parse_find_earlier_records_and_dagman_ran_here():
+    found = fixture("find_by_batch_name.txt")  # DAGMan 47 in the queue
+    earlier = "@@BATCHSITE record 1\nabc\n1795438000\n" + fixture("submit_fanin.txt").replace("38", "47") + "\n"
+    # 47 is the submission a resubmit kept aside: not the one looked for
+    assert hp.parse_find_by_batch_name(found + earlier, "bs-find-1", True) is None
+    # nothing in the queue, no earlier record, but DAGMan ran in the directory: ambiguous
+    none = fixture("find_by_batch_name_none.txt") + "@@BATCHSITE files bs-nosuch-1\ndagman-out\n"
+    with pytest.raises(ValueError, match="DAGMan ran in the round's directory"):
+        hp.parse_find_by_batch_name(none, "bs-nosuch-1")
+    # with an earlier record, dagman.out is that run's: the queue decides
+    assert hp.parse_find_by_batch_name(none + earlier, "bs-nosuch-1") is None
+
+
+def test_find_script_runs(tmp_path):
+    wd = tmp_path / "find1"
+    wd.mkdir()
+    body = fixture("find_by_batch_name.txt").split("\n", 1)[1].rsplit("!rc 0", 1)[0]
+    (tmp_path / "q.txt").write_text(body)
+    env = _fake_tools(tmp_path, {"condor_q": f'echo "$@" > {tmp_path}/q.args; cat {tmp_path}/q.txt\n'})
+    b = h.HTCondorBackend()
+    s = spec(wd, key="bs-find-1")
+    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == ""
+    assert (tmp_path / "q.args").read_text() == '-constraint JobBatchName == "bs-find-1" && JobUniverse == 7 -af ClusterId GlobalJobId\n'
+    assert b.parse_find(r.stdout, s).fanout_id == "47"
+    (tmp_path / "q.txt").write_text("")
+    (wd / "bs-find-1.dag.dagman.out").write_text("")
+    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True)
+    with pytest.raises(ValueError, match="dagman.out exists"):
+        b.parse_find(r.stdout, s)
+    env2 = _fake_tools(tmp_path, {"condor_q": "echo 'AUTHENTICATE:1003:Failed to authenticate with any method' >&2; exit 1\n"})
+    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env2, capture_output=True, text=True)
+    with pytest.raises(ValueError, match="could not look up.*Kerberos"):
+        b.parse_find(r.stdout, s)
+
+
 def test_probe():
     text = "@@BATCHSITE version -\n$CondorVersion: 25.13.2 2026-11-23 $\n$CondorPlatform: X86_64-Debian_12 $\n!rc 0\n" \
            "@@BATCHSITE klist -\n!rc 1\n"
@@ -668,6 +721,7 @@ def test_diagnose_captured_schedd_errors(name):
 def test_diagnose_nothing_known():
     assert hp.diagnose_credentials("ERROR: no dag file specified; aborting.") is None
     assert h.HTCondorBackend.diagnose("") is None
+    assert "Kerberos" in h.HTCondorBackend().diagnose("AUTHENTICATE:1003:Failed to authenticate with any method")
 
 
 def test_fixture_headers():

@@ -386,4 +386,9 @@ def test_submit_fails_cleanly_without_python(site):
     with pytest.raises(Exception, match="python"):
         site.submit(spec)
     assert not Path(spec.workdir, ".batchsite", "submitted").exists()
-    assert not Path(spec.workdir, ".batchsite", "lock").exists()
+    # the submit-once protocol keeps the lock after a failed submit.sh and says why in
+    # .batchsite/failed (was: the lock removed); no runner was started, so the
+    # next Site.submit may retry (tests/unit/test_site.py)
+    assert Path(spec.workdir, ".batchsite", "lock").is_dir()
+    assert "python" in Path(spec.workdir, ".batchsite", "failed").read_text()
+    assert not Path(spec.workdir, "state", "runner.lock").exists()

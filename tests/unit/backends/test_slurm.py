@@ -792,6 +792,116 @@ def test_find_by_name():
         slurm.render_find_by_name_script("a;rm -rf /")
 
 
+# ---------------------------------------------------------------------------- find (Backend API)
+
+def _find_backend(accounting):
+    b = slurm.SlurmBackend()
+    b.accounting = accounting
+    return b
+
+
+@pytest.mark.parametrize("name, key, accounting, fanin, expected", [
+    ("find_by_name_accounting.txt", "fx-ok8", True, True, slurm.SubmitIds("8", "9")),
+    ("find_by_name_noacct.txt", "fx-noacct", False, True, slurm.SubmitIds("56", "57")),
+    ("find_by_name_none_accounting.txt", "fx-nosuchkey", True, True, None),
+    ("find_by_name_none_noacct.txt", "fx-nosuchkey", False, False, None),
+])
+def test_find_script_and_parse_find_on_captured_outputs(name, key, accounting, fanin, expected):
+    b = _find_backend(accounting)
+    s = spec(key=key, workdir=f"{R}/{key}", fanin=["true"] if fanin else None)
+    script = b.render_find_script(s)
+    assert f"--name={key}" in script and ("sacct" in script) is accounting
+    assert "SLURM_BITSTR_LEN=0" in script
+    assert f"{R}/{key}/logs/{key}_*.out" in script and f"{R}/{key}/.batchsite/submitted." in script
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    assert b.parse_find(fixture(name), s) == expected
+    assert b.parse_submit(b.format_submit(slurm.SubmitIds("8", "9"))) == slurm.SubmitIds("8", "9")
+    assert b.parse_submit(b.format_submit(slurm.SubmitIds("8"))) == slurm.SubmitIds("8")
+
+
+def test_parse_find_array_without_the_fanin_is_half_a_submission():
+    text = "@@BATCHSITE squeue -\n5_0|RUNNING|None|k\n!rc 0\n"
+    assert slurm.parse_find(text, spec(key="k")) == slurm.SubmitIds("5")
+    with pytest.raises(ValueError, match="no fan-in job"):
+        slurm.parse_find(text, spec(key="k", fanin=["true"]))
+
+
+def test_parse_find_ignores_earlier_records_and_arrays_a_failed_submit_cancelled():
+    # after Site.resubmit: the old array 8 (+ fan-in 9) is recorded in submitted.1
+    text = fixture("find_by_name_accounting.txt").replace("!rc 0\n@@BATCHSITE sacct", "12_0|PENDING|None|fx-ok8\n13|PENDING|Dependency|fx-ok8\n!rc 0\n@@BATCHSITE sacct", 1)
+    with pytest.raises(ValueError, match="more than one"):
+        slurm.parse_find_by_name(text)
+    text += "@@BATCHSITE record 1\nabc\n1795437000\narray=8 fanin=9\n\n@@BATCHSITE failed -\n"
+    assert slurm.parse_find_by_name(text) == slurm.SubmitIds("12", "13")
+    # submit.sh cancelled array 12 itself when its fan-in was rejected: not a submission
+    failed = "submit.sh exited 2 at 1\n" + fixture("submit_fanin_rejected.txt").replace("64", "12")
+    assert slurm.parse_find_by_name(text + failed) is None
+
+
+def test_parse_find_log_files_witness_what_slurmctld_forgot():
+    """No accounting, the jobs ended more than MinJobAge ago: squeue no longer knows them,
+    the log files the array wrote still name it."""
+    text = fixture("find_by_name_none_noacct.txt") + "@@BATCHSITE logs -\n56_0.out\nfanin_57.out\n@@BATCHSITE failed -\n"
+    assert slurm.parse_find_by_name(text) == slurm.SubmitIds("56", "57")
+    # but logs alone never answer for a scheduler that could not be asked
+    down = "@@BATCHSITE squeue -\n!err slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n!rc 1\n"
+    with pytest.raises(ValueError, match="could not look up"):
+        slurm.parse_find_by_name(down + "@@BATCHSITE logs -\n56_0.out\n")
+
+
+def test_find_script_runs(tmp_path):
+    """The rendered find script under sh: squeue/sacct stand-ins print the captured output;
+    the log names (one per array) and the earlier records come from the workdir."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    body = fixture("find_by_name_accounting.txt").split("@@BATCHSITE sacct -\n")
+    (tmp_path / "sq.txt").write_text(body[0].split("\n", 1)[1].rsplit("!rc 0", 1)[0])
+    (tmp_path / "sa.txt").write_text(body[1].rsplit("!rc 0", 1)[0])
+    _stub(bindir, "squeue", f'echo "squeue $*" >> {tmp_path}/calls.log; cat {tmp_path}/sq.txt\n')
+    _stub(bindir, "sacct", f'echo "sacct $*" >> {tmp_path}/calls.log; cat {tmp_path}/sa.txt\n')
+    wd = tmp_path / "fx-ok8"
+    (wd / "logs").mkdir(parents=True)
+    for n in ("fx-ok8_8_0.out", "fx-ok8_8_1.out", "fx-ok8_8_10.out", "fx-ok8_fanin_9.out", "fx-ok8_8_0.err"):
+        (wd / "logs" / n).write_text("")
+    b = _find_backend(True)
+    s = spec(key="fx-ok8", workdir=str(wd), fanin=["true"])
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == ""
+    assert common.split_sections(r.stdout)[("logs", "-")].splitlines() == ["8_0.out", "fanin_9.out"]
+    assert b.parse_find(r.stdout, s) == slurm.SubmitIds("8", "9")
+    assert (tmp_path / "calls.log").read_text().splitlines() == [
+        "squeue -h -a -t all --name=fx-ok8 -o %i|%T|%r|%j",
+        "sacct -n -P -X --name=fx-ok8 --starttime=now-30days -o JobID,State,ExitCode,Reason,JobName",
+    ]
+    # the same round after Site.resubmit kept its record: nothing else carries the name
+    (wd / ".batchsite").mkdir()
+    (wd / ".batchsite" / "submitted.1").write_text("abc\n1795437000\narray=8 fanin=9\n")
+    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True, timeout=30)
+    assert b.parse_find(r.stdout, s) is None
+
+
+# ---------------------------------------------------------------------------- diagnose
+
+@pytest.mark.parametrize("name, words", [
+    ("sbatch_ctld_down.txt", "slurmctld is not answering"),
+    ("squeue_ctld_down.txt", "slurmctld is not answering"),
+    ("scontrol_ctld_down.txt", "slurmctld is not answering"),
+    ("submit_fanin_rejected.txt", "does not exist on this cluster"),
+])
+def test_diagnose_captured_errors(name, words):
+    assert words in slurm.SlurmBackend().diagnose(fixture(name))
+
+
+def test_diagnose_account_and_nothing_known():
+    # sbatch's text for an account not allowed on a partition, as public cluster docs quote it;
+    # not producible on the single-account test site
+    text = "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
+    assert "sacctmgr" in slurm.diagnose(text)
+    assert slurm.diagnose("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy") is None
+    assert slurm.diagnose("") is None
+
+
 def test_every_fixture_has_a_header():
     files = sorted(DATA.glob("*.txt"))
     assert len(files) > 40
