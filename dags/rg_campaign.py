@@ -9,13 +9,11 @@ are skipped. Only ``site_conn_id`` changes between the local, Slurm and HTCondor
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task, task_group
+from airflow.sdk import Param, dag, get_current_context, task
 
 from batchsite.campaign.rg import MAX_ROUNDS, MAX_STEPS
-from batchsite.operators.round import BatchRoundOperator
+from batchsite.dagbuilder import round_loop
 
 PARAMS = {
     "type": Param("FP", enum=["FP", "EXP"], title="Run type",
@@ -66,14 +64,11 @@ def rg_campaign():
     @task
     def stage(setup: dict) -> dict:
         """Push the payload to <remote_root>/code/source (only changed files)."""
-        from pathlib import Path
-
-        import batchsite.include.rg_reference as ref
         from batchsite.hooks.site import site_from_conn_id
-        from batchsite.staging import Staging
+        from batchsite.staging import Staging, payload_dir
 
         p = setup["params"]
-        code = p.get("code_dir") or str(Path(ref.__file__).parent)
+        code = p.get("code_dir") or str(payload_dir("rg_reference"))
         site = site_from_conn_id(p["site_conn_id"])
         try:
             report = Staging(site).push_code(code)
@@ -88,14 +83,12 @@ def rg_campaign():
 
         return initial_partitions(parse_params(setup["params"]), fp_step=None)
 
-    @task
     def prepare(partition: dict, setup: dict) -> dict:
         from batchsite.campaign.rg import parse_params, round_def
 
         p = parse_params(setup["params"])
         return round_def(p, partition, remote_root=setup["remote_root"], python=setup["python"])
 
-    @task
     def collect(partition: dict, rd: dict, submitted: dict, setup: dict) -> dict:
         from batchsite.campaign.collect import collect_round
         from batchsite.campaign.rg import hist_path, out_dir, parse_params
@@ -113,35 +106,15 @@ def rg_campaign():
         if submitted and submitted.get("failed_indices"):
             m["missing"] = sorted(set(m["missing"]) | set(submitted["failed_indices"]))
             m["done"] = m["done"] and not m["missing"]
-        line = (f"RG step {partition['step']}: done={m['done']} missing={m['missing']} "
-                f"z_mean={m['z_mean']} z_std={m['z_std']} L1={m['distance']} noise={m['noise']}")
-        print(line)
+        print(f"RG step {partition['step']}: done={m['done']} missing={m['missing']} z_mean={m['z_mean']} "
+              f"z_std={m['z_std']} L1={m['distance']} noise={m['noise']}")
         return {**partition, **m}
 
-    @task_group
-    def run_partition(partition: dict, setup: dict):
-        rd = prepare(partition, setup)
-        submit = BatchRoundOperator(
-            task_id="submit",
-            site_conn_id="{{ params.site_conn_id }}",
-            round_def=rd,
-            fail_on_failure=False,  # replan repairs missing batches
-            retries=2,
-            retry_delay=timedelta(seconds=5),  # a retry re-attaches; it never resubmits
-        )
-        return collect(partition, rd, submit.output, setup)
-
-    @task
     def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
         from batchsite.campaign.rg import parse_params, replan as plan
 
-        p = parse_params(setup["params"])
-        # a mapped group with one instance hands over the bare value, not a list
-        results = [results] if isinstance(results, dict) else list(results)
-        nxt, reason = plan(p, results)
+        nxt, reason = plan(parse_params(setup["params"]), results)
         print(f"replan after round {round_no}: {reason}")
-        if nxt and round_no >= MAX_ROUNDS:
-            raise RuntimeError(f"campaign needs more than {MAX_ROUNDS} rounds: {reason}")
         return nxt
 
     @task(trigger_rule="none_failed")
@@ -162,12 +135,8 @@ def rg_campaign():
         return {"outputs": rows}
 
     setup = stage(validate())
-    parts = first_round(setup)
-    replans = []
-    for r in range(1, MAX_ROUNDS + 1):
-        with_group = run_partition.override(group_id=f"round_{r:02d}").partial(setup=setup).expand(partition=parts)
-        parts = replan.override(task_id=f"replan_{r:02d}")(with_group, setup, r)
-        replans.append(parts)
+    replans = round_loop(setup=setup, first=first_round(setup), prepare=prepare, collect=collect,
+                         replan=replan, max_rounds=MAX_ROUNDS)
     rep = report(setup)
     for x in replans:
         x >> rep

@@ -824,6 +824,16 @@ def pull_plan(kind: str, version: str, run_type: str) -> tuple[tuple[str, ...], 
     return ("job_outputs", version, run_type), patterns
 
 
+def payload_dir(name: str) -> Path:
+    """A payload shipped in ``include/`` (``batchsite.include.<name>``), e.g. ``rg_reference``."""
+    import batchsite.include as inc
+
+    d = Path(inc.__file__).parent / name
+    if not d.is_dir():
+        raise StagingInputError(f"no payload {name!r} in {d.parent}")
+    return d
+
+
 class Staging:
     """The group's ``file_management.py`` on a batchsite ``Site``.
 
@@ -840,13 +850,16 @@ class Staging:
     def remote_root(self) -> str:
         return self.site.remote_root
 
-    def push_code(self, local_code_dir: str | os.PathLike, *, delete: bool = False) -> PushReport:
-        return push_tree(self.site.transport, local_code_dir, self.site.path("code", "source"),
+    def push_tree_to(self, local_dir: str | os.PathLike, remote_rel: str, *, delete: bool = False) -> PushReport:
+        """Push a local tree to ``<remote_root>/<remote_rel>`` (only changed files)."""
+        return push_tree(self.site.transport, local_dir, self.site.path(*remote_rel.split("/")),
                          remote_root=self.remote_root, delete=delete, cache_file=self.cache_file)
 
+    def push_code(self, local_code_dir: str | os.PathLike, *, delete: bool = False) -> PushReport:
+        return self.push_tree_to(local_code_dir, "code/source", delete=delete)
+
     def push_scripts(self, local_dir: str | os.PathLike, *, delete: bool = False) -> PushReport:
-        return push_tree(self.site.transport, local_dir, self.site.path("scripts"),
-                         remote_root=self.remote_root, delete=delete, cache_file=self.cache_file)
+        return self.push_tree_to(local_dir, "scripts", delete=delete)
 
     def pull(self, kind: str, version: str, run_type: str, local_root: str | os.PathLike) -> PullReport:
         sub, patterns = pull_plan(kind, version, run_type)

@@ -73,3 +73,15 @@ def format_stats(out: str, rows: list[dict[str, Any]]) -> str:
         lines.append(f"  RG step {s['step']}: z mean {s['z_mean']:+.4f}  z std {s['z_std']:.4f}  "
                      f"samples {s['samples']}")
     return "\n".join(lines)
+
+
+def read_json(transport: Transport, path: str) -> dict[str, Any] | None:
+    """A JSON file on the site, or None when it does not exist (one command)."""
+    r = transport.sh('[ -s "$1" ] && cat "$1"; true', path)
+    text = r.out.strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
