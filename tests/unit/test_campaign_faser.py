@@ -1,0 +1,92 @@
+"""FASER campaign logic without a scheduler: params, config.json, layout, replan."""
+
+import pytest
+
+from batchsite.campaign.common import CampaignConfigError
+from batchsite.campaign.faser import (
+    base_dir, first_round, pad_run, parse_config, parse_files, parse_params, replan, round_def,
+)
+
+
+def test_file_ranges_are_end_exclusive_like_dag_manager():
+    assert parse_files("400-450") == list(range(400, 450))
+    assert len(parse_files("400:450")) == 50
+    assert parse_files("400") == [400]
+
+
+@pytest.mark.parametrize("bad", ["450-400", "400-400", "4OO", "400-", "", "1-2-3", "400;touch /tmp/x", "../1"])
+def test_bad_file_ranges(bad):
+    with pytest.raises(ValueError, match="files="):
+        parse_files(bad)
+
+
+def test_run_is_zero_padded_and_letters_refused():
+    assert pad_run("11705") == "011705" and pad_run(11705) == "011705"
+    with pytest.raises(ValueError, match="run="):
+        pad_run("11a05")
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"fourst": True, "threest": True}, "fourst and threest are exclusive"),
+    ({"files": "450-400"}, "reversed"),
+    ({"run": "R11705"}, "run"),
+    ({"config": {"paths": {"env_scrpt": "/x"}}}, "paths.env_scrpt: unknown key"),
+    ({"config": {"htcondor": {"job_flavour": "lunch"}}}, "htcondor.job_flavour"),
+    ({"config": {"paths": {"env_script": "reco_condor_env.sh"}}}, "absolute path"),
+    ({"config": {"paths": {"calypso_install": "/c"}}}, "set all of paths.calypso_install"),
+    ({"config": {"storage": {"use_eos_for_output": True}}}, "eos_output_dir is not set"),
+    ({"iterations": 0}, "iterations"),
+])
+def test_bad_params_name_the_field(raw, needle):
+    with pytest.raises(CampaignConfigError) as e:
+        parse_params(raw)
+    assert needle in str(e.value)
+
+
+def test_seed_config_json_is_accepted():
+    cfg = parse_config({
+        "paths": {"calypso_install": "/afs/u/calypso/install", "pede_install": "/afs/u/pede",
+                  "env_script": "/afs/u/reco_condor_env.sh", "work_dir": "/afs/u/alignment-work",
+                  "eos_output_dir": "/eos/user/u/out"},
+        "htcondor": {"job_flavour": "longlunch", "request_cpus": 1, "max_retries": 3,
+                     "requirements": '(Machine =!= LastRemoteHost) && (OpSysAndVer =?= "AlmaLinux9")'},
+        "alignment": {"default_iterations": 10, "polling_interval_seconds": 300},
+        "storage": {"use_eos_for_output": True, "keep_intermediate_root_files": True,
+                    "cleanup_reco_temp_files": True},
+    })
+    assert cfg.uses_calypso
+
+
+def test_layout_and_round_def_follow_the_seed():
+    p = parse_params({"year": 2023, "run": "11705", "files": "400-406", "iterations": 3})
+    assert base_dir(p, "/home/u/bs") == "/home/u/bs/faser/Y2023_R011705_F400-406"
+    rd = round_def(p, 2, p.file_numbers, remote_root="/home/u/bs", python="python3")
+    assert rd["workdir"] == "/home/u/bs/faser/Y2023_R011705_F400-406/iter02/1reco"
+    assert rd["kf_dir"].endswith("iter02/2kfalignment") and rd["mp_dir"].endswith("iter02/3millepede")
+    assert [u["name"] for u in rd["units"]][:2] == ["reco_00400", "reco_00401"]
+    assert "--constants=/home/u/bs/faser/Y2023_R011705_F400-406/iter01/3millepede/inputforalign.txt" in rd["units"][0]["argv"]
+    assert rd["fanin"][2] == "faser_reference.millepede"
+    first = round_def(p, 1, [400], remote_root="/r", python="python3")
+    assert not any(a.startswith("--constants") for a in first["units"][0]["argv"])
+
+
+def test_eos_output_and_calypso_chain():
+    p = parse_params({"files": "400-402", "config": {
+        "paths": {"calypso_install": "/c", "pede_install": "/p", "env_script": "/e.sh", "eos_output_dir": "/eos/o"},
+        "storage": {"use_eos_for_output": True}}})
+    rd = round_def(p, 1, p.file_numbers, remote_root="/r", python="python3")
+    assert rd["kf_dir"] == "/eos/o/Y2023_R011705_F400-402/iter01/2kfalignment"
+    assert rd["units"][0]["argv"][:2] == ["bash", "/r/scripts/runAlignment.sh"]
+
+
+def test_replan_stops_on_tolerance_and_on_max_iterations():
+    p = parse_params({"iterations": 3, "tolerance": 0.001})
+    (part,) = first_round(p)
+    nxt, why = replan(p, [{**part, "done": True, "max_rel_change": 0.2}])
+    assert nxt[0]["iteration"] == 2 and "next iteration" in why
+    nxt, why = replan(p, [{**part, "iteration": 2, "done": True, "max_rel_change": 0.0004}])
+    assert nxt == [] and "converged" in why
+    nxt, why = replan(p, [{**part, "iteration": 3, "done": True, "max_rel_change": 0.5}])
+    assert nxt == [] and "3 iterations done" in why
+    with pytest.raises(CampaignConfigError, match="Millepede left no alignment.json"):
+        replan(p, [{**part, "done": False}])
