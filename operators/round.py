@@ -19,20 +19,11 @@ from airflow.sdk.exceptions import AirflowException
 
 from batchsite.hooks.site import BatchSiteHook
 from batchsite.keys import job_key
-from batchsite.model import JobState, Resources, RoundSpec, RoundStatus, Submission, WorkUnit
+from batchsite.model import JobState, Resources, RoundSpec, RoundStatus, Submission, TaskStatus
 from batchsite.polling import apply_vanish_grace
+from batchsite.rounds import RescuePolicy, classify_failures, rescue_spec, spec_from_round_def
 from batchsite.site import Site
 from batchsite.triggers.round import BatchRoundTrigger
-
-
-def _units(raw: Sequence[Any]) -> list[WorkUnit]:
-    out = []
-    for pos, u in enumerate(raw):
-        if isinstance(u, dict):
-            out.append(WorkUnit.model_validate({"index": u.get("index", pos), **{k: v for k, v in u.items() if k != "index"}}))
-        else:
-            out.append(WorkUnit(index=pos, argv=list(u)))
-    return out
 
 
 class BatchRoundOperator(BaseOperator):
@@ -68,6 +59,7 @@ class BatchRoundOperator(BaseOperator):
         round_def: dict[str, Any] | None = None,
         deferrable: bool = True,
         fail_on_failure: bool = True,
+        rescue: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -86,6 +78,7 @@ class BatchRoundOperator(BaseOperator):
         self.round_def = round_def
         self.deferrable = deferrable
         self.fail_on_failure = fail_on_failure
+        self.rescue = rescue
         self._hook: BatchSiteHook | None = None
         self._submission: Submission | None = None
 
@@ -97,37 +90,30 @@ class BatchRoundOperator(BaseOperator):
         v = getattr(self, name, None)
         return default if v is None else v
 
+    def _round_def(self) -> dict[str, Any]:
+        keys = ("units", "fanin", "workdir", "cwd", "throttle", "retries_in_job", "resources",
+                "fanin_resources", "env")
+        rd = {k: getattr(self, k) for k in keys if getattr(self, k, None) is not None}
+        rd["label"] = self.round_label or self.task_id
+        rd.update({k: v for k, v in (self.round_def or {}).items() if v is not None})
+        return rd
+
     def build_spec(self, context: Any, site: Site, hook: BatchSiteHook) -> RoundSpec:
         ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        round_index = int(self._field("round_index", 0))
-        key = job_key(ti.dag_id, ti.run_id, ti.task_id, map_index, round_index)
-        units = self._field("units")
-        if not units:
-            raise AirflowException(f"{self.task_id}: `units` is empty: a round needs at least one work unit")
-        workdir = self._field("workdir") or f".batchsite/rounds/{key}"
-        workdir = workdir if workdir.startswith("/") else site.path(workdir)
-        if not workdir.rstrip("/").endswith(key):
-            workdir = f"{workdir.rstrip('/')}/{key}"
-        cfg = hook.config
-        defaults = cfg.default_resources().model_dump()
-        res = {**defaults, **{k: v for k, v in (self._field("resources") or {}).items() if v is not None}}
-        fres = self._field("fanin_resources")
-        label = self._field("label") or self.round_label or self.task_id
-        return RoundSpec(
-            key=key,
-            label=str(label),
-            workdir=workdir,
-            units=_units(units),
-            fanin=list(self._field("fanin")) if self._field("fanin") else None,
-            throttle=self._field("throttle"),
-            retries=int(self._field("retries_in_job", 0)),
-            resources=Resources.model_validate(res),
-            fanin_resources=Resources.model_validate({**defaults, **fres}) if fres else None,
-            cwd=self._field("cwd"),
-            env={"BATCHSITE_PYTHON": cfg.python, **(self._field("env") or {})},
-            env_script=cfg.env_script,
-        )
+        rd = self._round_def()
+        key = job_key(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1), int(rd.get("round_index") or 0))
+        try:
+            return spec_from_round_def(rd, key=key, cfg=hook.config, site_path=site.path)
+        except ValueError as e:
+            raise AirflowException(f"{self.task_id}: {e}") from None
+
+    def _policy(self) -> RescuePolicy:
+        raw = {**(self.rescue or {}), **(self._round_def().get("rescue") or {})}
+        return RescuePolicy.model_validate(raw)
+
+    def _fail_on_failure(self) -> bool:
+        v = self._round_def().get("fail_on_failure")
+        return self.fail_on_failure if v is None else bool(v)
 
     # ------------------------------------------------------------------ execution
     def execute(self, context: Any) -> dict[str, Any]:
@@ -147,57 +133,69 @@ class BatchRoundOperator(BaseOperator):
             verb = "re-attached to existing" if sub.adopted else "submitted"
             self.log.info("%s: %s round %s on site %s as job %s (workdir %s)", spec.label, verb,
                           sub.key, site.name, ",".join(sub.job_ids), sub.workdir)
-            status = site.status([sub])[sub.key]
-            self.log.info("%s", status.progress_line(spec.label))
-            if status.finished:
-                return self._complete(site, sub, status, spec.label)
-            if not self.deferrable:
-                return self._watch_blocking(site, sub, spec.label, cfg.poll_interval, cfg.vanish_grace)
+            return self._watch(context, site, sub, spec.label, {"rescues": 0, "done_before": {}})
         finally:
             hook.close()
+
+    def _watch(self, context: Any, site: Site, sub: Submission, label: str, ctx: dict[str, Any]):
+        """Check once; finish now, watch blocking, or defer to the triggerer."""
+        status = site.status([sub])[sub.key]
+        self.log.info("%s", status.progress_line(label))
+        if status.finished:
+            return self._finish(context, site, sub, status, label, ctx)
+        cfg = site_cfg = self._hook.config if self._hook else None
+        if not self.deferrable:
+            first_seen: dict = {}
+            last = ""
+            while not status.finished:
+                time.sleep(cfg.poll_interval)
+                status = apply_vanish_grace(site.status([sub])[sub.key], first_seen, time.monotonic(),
+                                            cfg.vanish_grace)
+                line = status.progress_line(label)
+                if line != last:
+                    self.log.info("%s", line)
+                    last = line
+            return self._finish(context, site, sub, status, label, ctx)
         self.defer(
-            trigger=BatchRoundTrigger(cfg.public_dict(), sub.model_dump(mode="json"), spec.label),
+            trigger=BatchRoundTrigger(site_cfg.public_dict(), sub.model_dump(mode="json"), label, ctx),
             method_name="execute_complete",
         )
 
-    def _watch_blocking(self, site: Site, sub: Submission, label: str, interval: float, grace: float):
-        first_seen: dict = {}
-        last = ""
-        while True:
-            time.sleep(interval)
-            st = site.status([sub])[sub.key]
-            st = apply_vanish_grace(st, first_seen, time.monotonic(), grace)
-            line = st.progress_line(label)
-            if line != last:
-                self.log.info("%s", line)
-                last = line
-            if st.finished:
-                return self._complete(site, sub, st, label)
-
     def execute_complete(self, context: Any, event: dict[str, Any]):
-        # the event carries the submission: nothing depends on operator state across deferral
+        # the event carries the submission and our state: nothing is kept in the operator object
         sub = Submission.model_validate(event["submission"])
         label = event.get("label") or sub.key
+        ctx = event.get("context") or {"rescues": 0, "done_before": {}}
         self._submission = sub
         if event.get("status") != "finished":
             raise AirflowException(f"{label}: watching round {sub.key} stopped: {event.get('message')}")
         status = RoundStatus.model_validate(event["round"])
         self._hook = hook = BatchSiteHook(self.site_conn_id)
         try:
-            return self._complete(hook.get_site(), sub, status, label)
+            return self._finish(context, hook.get_site(), sub, status, label, ctx)
         finally:
             hook.close()
 
-    def _complete(self, site: Site, sub: Submission, status: RoundStatus, label: str) -> dict[str, Any]:
+    def _finish(self, context: Any, site: Site, sub: Submission, status: RoundStatus, label: str,
+                ctx: dict[str, Any]) -> dict[str, Any]:
         failed = status.failed_indices
         msg = ""
         if status.fanin is not None and not status.fanin.state.terminal and failed:
             # afterok can never be satisfied: without this the fan-in stays PENDING forever
             why = status.fanin.reason or "a parent failed"
-            site.cancel([sub.model_copy(update={"fanout_id": sub.fanin_id or sub.fanout_id, "fanin_id": None})])
+            try:
+                site.cancel([sub.model_copy(update={"fanout_id": sub.fanin_id or sub.fanout_id, "fanin_id": None})])
+            except Exception as e:  # noqa: BLE001 - reporting the failure matters more
+                self.log.warning("could not cancel the fan-in of %s: %s", sub.key, e)
             msg = f"fan-in {sub.fanin_id or '(in the local runner)'} cancelled: it could never start ({why}). "
             status = status.model_copy(update={"fanin": status.fanin.model_copy(
                 update={"state": JobState.FAILED, "native": "CANCELLED", "reason": why})})
+        # units that succeeded in earlier attempts of this round (narrowed rescues)
+        before = {int(i): TaskStatus.model_validate(s) for i, s in (ctx.get("done_before") or {}).items()}
+        whole = status.model_copy(update={"units": {**before, **status.units}})
+        decision = classify_failures(whole, self._policy(), int(ctx.get("rescues", 0)), label)
+        if decision.action == "rescue":
+            return self._rescue(context, site, sub, status, whole, label, ctx, decision.message)
         result = {
             "key": sub.key,
             "job_id": sub.fanout_id,
@@ -205,30 +203,52 @@ class BatchRoundOperator(BaseOperator):
             "site": site.name,
             "workdir": sub.workdir,
             "adopted": sub.adopted,
-            "states": {str(i): s.state.value for i, s in sorted(status.units.items())},
-            "timed_out": sorted(i for i, s in status.units.items() if s.timed_out),
-            "counts": status.counts(),
-            "failed_indices": failed,
+            "rescues": int(ctx.get("rescues", 0)),
+            "states": {str(i): s.state.value for i, s in sorted(whole.units.items())},
+            "timed_out": sorted(i for i, s in whole.units.items() if s.timed_out),
+            "counts": whole.counts(),
+            "failed_indices": whole.failed_indices,
             "fanin_state": status.fanin.state.value if status.fanin else None,
-            "succeeded": status.succeeded,
+            "succeeded": whole.succeeded,
+            "decision": decision.action,
         }
-        self.log.info("%s", status.progress_line(label))
-        if not status.succeeded:
+        self.log.info("%s", whole.progress_line(label))
+        if not whole.succeeded:
+            failed = whole.failed_indices
             where = f"{sub.workdir}/logs/"
             detail = "; ".join(
-                f"index {i}: {status.units[i].native or 'failed'}"
-                + (f" exit {status.units[i].exit_code}" if status.units[i].exit_code is not None else "")
-                + (f" ({status.units[i].reason})" if status.units[i].reason else "")
+                f"index {i}: {whole.units[i].native or 'failed'}"
+                + (f" exit {whole.units[i].exit_code}" if whole.units[i].exit_code is not None else "")
+                + (f" ({whole.units[i].reason})" if whole.units[i].reason else "")
                 for i in failed[:20]
             )
-            text = (f"{label}: {msg}{len(failed)} of {len(status.units)} units failed: {failed} "
-                    f"[{detail}]; logs under {where} (files *_<index>.out/.err)")
+            text = (f"{label}: {msg}{len(failed)} of {len(whole.units)} units failed: {failed} "
+                    f"[{detail}]; logs under {where} (files *_<index>.out/.err). {decision.message}")
             if status.fanin is not None and status.fanin.state is JobState.FAILED and not failed:
-                text = f"{label}: fan-in failed ({status.fanin.native}, exit {status.fanin.exit_code}); logs under {where}"
-            if self.fail_on_failure:
+                text = (f"{label}: fan-in failed ({status.fanin.native}, exit {status.fanin.exit_code}); "
+                        f"logs under {where}")
+            if self._fail_on_failure():
                 raise AirflowException(text)
             self.log.error("%s", text)
         return result
+
+    def _rescue(self, context: Any, site: Site, sub: Submission, status: RoundStatus, whole: RoundStatus,
+                label: str, ctx: dict[str, Any], why: str):
+        spec = self.build_spec(context, site, self._hook)
+        if ctx.get("resources"):
+            spec = spec.model_copy(update={"resources": Resources.model_validate(ctx["resources"])})
+        narrow = site.backend.name != "htcondor"  # DAGMan's rescue DAG reruns only failed nodes itself
+        new_spec, notes = rescue_spec(spec, whole, narrow=narrow)
+        reason = "; ".join([why, *notes])
+        self.log.warning("%s", reason)
+        new_sub = site.resubmit(new_spec, status, reason=reason)
+        self._submission = new_sub
+        self.log.info("%s: rescue round submitted as job %s", label, ",".join(new_sub.job_ids))
+        done = {str(i): s.model_dump(mode="json") for i, s in whole.units.items() if s.state is JobState.DONE}
+        new_ctx = {"rescues": int(ctx.get("rescues", 0)) + 1,
+                   "done_before": done if narrow else {},
+                   "resources": new_spec.resources.model_dump(mode="json")}
+        return self._watch(context, site, new_sub, label, new_ctx)
 
     def on_kill(self) -> None:
         """Task killed while running on a worker: cancel what it submitted."""

@@ -77,3 +77,10 @@ class BatchJobSensor(BaseSensorOperator):
 
 class SlurmJobSensor(BatchJobSensor):
     expected_scheduler = "slurm"
+
+
+class CondorDagSensor(BatchJobSensor):
+    """Wait for a DAGMan DAG (``job_id`` = the DAGMan cluster id, ``fanin_id`` = "fanin" if the
+    DAG has a fan-in node, ``workdir`` = the DAG directory)."""
+
+    expected_scheduler = "htcondor"

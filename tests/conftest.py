@@ -96,3 +96,13 @@ def ssh_argv(info: dict, command: str) -> list[str]:
 def on_site(info: dict, command: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run(ssh_argv(info, f". {info['env_script']} && {command}"), capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def condor_pool(site_info) -> dict:
+    """The real HTCondor personal pool, run as the SSH test user."""
+    r = _site_cmd("start-condor")
+    if r.returncode != 0:
+        pytest.fail(f"the HTCondor pool (tests/site/site.sh start-condor) could not start:\n{r.stdout[-4000:]}\n"
+                    f"{r.stderr[-4000:]}", pytrace=False)
+    return json.loads((STATE / "site.json").read_text())

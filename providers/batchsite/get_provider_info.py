@@ -20,7 +20,7 @@ def get_provider_info() -> dict:
         ],
         "operators": [
             {"integration-name": "Batchsite",
-             "python-modules": ["batchsite.operators.round", "batchsite.operators.slurm"]},
+             "python-modules": ["batchsite.operators.round", "batchsite.operators.slurm", "batchsite.operators.condor"]},
         ],
         "sensors": [
             {"integration-name": "Batchsite", "python-modules": ["batchsite.sensors.job"]},

@@ -171,6 +171,8 @@ cur=; [ -f "$rec" ] && cur=$(cat "$rec")
 if [ ! -s "$rec" ] || [ "$cur" != "$exp" ]; then rmdir "$meta/mutex"; echo "@@CHANGED"; exit 0; fi
 n=1; while [ -e "$rec.$n" ]; do n=$((n + 1)); done
 mv "$rec" "$rec.$n" || { rmdir "$meta/mutex"; exit 72; }
+# the last attempt's exit files must not speak for the rescue round's units
+[ -d "$1/status" ] && mv "$1/status" "$1/status.$n"
 printf '%s %s %s\n' "$n" "$(date +%s)" "$reason" >> "$meta/resubmit.log"
 rm -f "$meta/failed" "$meta/lock/owner"; rmdir "$meta/lock" 2>/dev/null
 rmdir "$meta/mutex"

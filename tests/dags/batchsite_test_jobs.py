@@ -22,5 +22,14 @@ def batchsite_test_jobs():
                        units=[["sh", "-c", f"exit {3 if i in (2, 5) else 0}"] for i in range(8)],
                        fanin=["sh", "-c", "echo fanin"], throttle=4, workdir="test/{{ params.tag }}")
 
+    # units 1 and 4 fail on their first run only: a rescue round reruns exactly them
+    flaky = ("echo run >> runs_$0.log; if [ -e ok_$0 ]; then exit 0; fi; "
+             "case $0 in 1|4) touch ok_$0; exit 3;; esac; exit 0")
+    BatchRoundOperator(task_id="flaky", site_conn_id="{{ params.site }}",
+                       units=[["sh", "-c", flaky, str(i)] for i in range(8)],
+                       fanin=["sh", "-c", "cat runs_*.log | wc -l > fanin_runs.txt"], throttle=4,
+                       workdir="test/{{ params.tag }}",
+                       rescue={"auto_below": 0.5, "review_below": 0.9, "max_rescues": 2})
+
 
 batchsite_test_jobs()

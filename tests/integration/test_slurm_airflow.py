@@ -182,3 +182,20 @@ def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, ai
     assert f"{site_info['remote_root']}/test/{tag}/" in out  # where the logs are
     key = re.search(r"round (bs-failing-[0-9a-f]+)", out).group(1)
     assert _squeue_named(site_info, key) == []  # nothing left pending forever
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
+def test_rescue_reruns_only_the_failed_units(site_info, airflow_home, scheduler, condor_pool):
+    conn = site_conn(site_info, scheduler)
+    tag = f"resc{scheduler[:2]}{uuid.uuid4().hex[:6]}"
+    run_id = f"rescue_{tag}"
+    _trigger(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
+    p = _task(airflow_home, "flaky", run_id, the_site=conn)
+    out, _ = p.communicate(timeout=600)
+    assert "Task failed" not in out, out[-5000:]
+    assert "rescue 1" in out and "rescue round submitted" in out
+    key = re.search(r"round (bs-flaky-[0-9a-f]+)", out).group(1)
+    wd = f"{site_info['remote_root']}/test/{tag}/{key}"
+    runs = on_site(site_info, f"cd {wd} && for i in 0 1 2 3 4 5 6 7; do printf '%s ' $(wc -l < runs_$i.log); done")
+    assert runs.stdout.split() == ["1", "2", "1", "1", "2", "1", "1", "1"], runs.stdout  # only 1 and 4 reran
+    assert on_site(site_info, f"cat {wd}/fanin_runs.txt").stdout.strip() == "10"  # fan-in ran once, after all

@@ -31,17 +31,24 @@ def _make_poller(cfg: SiteConfig) -> SitePoller:
 
 
 class BatchRoundTrigger(BaseTrigger):
-    def __init__(self, site_config: dict[str, Any], submission: dict[str, Any], label: str):
+    def __init__(self, site_config: dict[str, Any], submission: dict[str, Any], label: str,
+                 context: dict[str, Any] | None = None):
         super().__init__()
         self.site_config = site_config
         self.submission = submission
         self.label = label
+        self.context = context or {}  # the operator's state across deferrals (rescues done, ...)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "batchsite.triggers.round.BatchRoundTrigger",
-            {"site_config": self.site_config, "submission": self.submission, "label": self.label},
+            {"site_config": self.site_config, "submission": self.submission, "label": self.label,
+             "context": self.context},
         )
+
+    def _event(self, **payload: Any) -> TriggerEvent:
+        return TriggerEvent({**payload, "submission": self.submission, "label": self.label,
+                             "context": self.context})
 
     def _poller(self) -> SitePoller:
         cfg = SiteConfig.model_validate(self.site_config)
@@ -57,15 +64,12 @@ class BatchRoundTrigger(BaseTrigger):
                     self.log.info("%s", line)
                     last = line
                 if status.finished:
-                    yield TriggerEvent({"status": "finished", "round": status.model_dump(mode="json"),
-                                        "submission": self.submission, "label": self.label})
+                    yield self._event(status="finished", round=status.model_dump(mode="json"))
                     return
         except (SiteOutage, HostKeyError) as e:
-            yield TriggerEvent({"status": "error", "message": str(e), "submission": self.submission,
-                                "label": self.label})
+            yield self._event(status="error", message=str(e))
         except Exception as e:  # noqa: BLE001 - the task must see why watching stopped
-            yield TriggerEvent({"status": "error", "message": f"{type(e).__name__}: {e}",
-                                "submission": self.submission, "label": self.label})
+            yield self._event(status="error", message=f"{type(e).__name__}: {e}")
 
     async def on_kill(self) -> None:
         """The user cleared / marked the task while deferred: cancel the remote jobs."""
