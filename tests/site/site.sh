@@ -16,7 +16,8 @@
 #   status                   which daemons are alive (by PID), sinfo/squeue, condor_status
 #   env                      print site.env (fails if the site is not started)
 #   start-condor             HTCondor personal pool run by bsite (unpacks the tarball if needed),
-#                            verifies condor_submit over SSH; adds CONDOR_* to site-env.sh
+#                            verifies condor_submit over SSH; adds CONDOR_* to site-env.sh.
+#                            Changed policy settings (below) -> condor_reconfig of a running pool
 #   stop-condor              stop the pool (condor_master PID)
 #   restart-sshd | stop-sshd | start-sshd | stop-slurmctld | start-slurmctld
 #                            fault injection for tests
@@ -28,6 +29,8 @@
 #   BATCHSITE_CONDOR_TARBALL  [<repo>/../shared/htcondor/condor-25.13.2-x86_64-debian12.tar.zst]
 #   BATCHSITE_CONDOR_PREFIX   [/opt/condor]; not unpacked when sbin/condor_master exists there
 #   BATCHSITE_CONDOR_HELD_REMOVE_AFTER  seconds a held job stays before removal [86400]
+#   BATCHSITE_FLAVOUR_SCALE   lxplus +JobFlavour limits x this (number or fraction) [5/1200:
+#                             espresso 20 min -> 5 s, microcentury 1 h -> 15 s; 1 = as lxplus]
 #   BATCHSITE_SITE_START_TIMEOUT [90]  BATCHSITE_SITE_STOP_TIMEOUT [20] (then SIGKILL)
 #
 # Choices: slurmctld and slurmdbd run as SlurmUser=slurm (they drop privileges themselves;
@@ -815,14 +818,73 @@ install_condor() {
   say "installed $("$CONDOR_PREFIX/bin/condor_version" 9>&- | head -1) into $CONDOR_PREFIX"
 }
 
+# lxplus +JobFlavour limits (FORMATS.md section 10), scaled by BATCHSITE_FLAVOUR_SCALE (a positive
+# number or fraction; default 5/1200: espresso 20 min -> 5 s, microcentury 1 h -> 15 s; 1 = lxplus)
+CONDOR_POLICY_CFG=$CONDOR_DIR/condor_config.policy
+CONDOR_FLAVOUR_SCALE=${BATCHSITE_FLAVOUR_SCALE:-5/1200}
+CONDOR_FLAVOURS=(espresso 1200 microcentury 3600 longlunch 7200 workday 28800 tomorrow 86400
+                 testmatch 259200 nextweek 604800)
+
+# prints "FLAVOUR SECONDS" per flavour: round(lxplus seconds x scale), at least 1
+condor_flavour_limits() {
+  [[ $CONDOR_FLAVOUR_SCALE =~ ^[0-9]+(\.[0-9]+)?(/[0-9]+(\.[0-9]+)?)?$ ]] &&
+    awk -v s="$CONDOR_FLAVOUR_SCALE" 'BEGIN { n = split(s, p, "/"); d = (n == 2) ? p[2] + 0 : 1
+      if (d <= 0 || p[1] + 0 <= 0) exit 1; f = p[1] / d }
+      { v = int($2 * f + 0.5); if (v < 1) v = 1; print $1, v }' \
+      < <(printf '%s %s\n' "${CONDOR_FLAVOURS[@]}") ||
+    die "BATCHSITE_FLAVOUR_SCALE='$CONDOR_FLAVOUR_SCALE': expected a positive number or fraction (e.g. 5/1200, 0.5, 1)"
+}
+
+# the lxplus-like job policy (LOCAL_CONFIG_FILE of the pool; a change -> condor_reconfig)
+condor_policy_content() {
+  local limits body name secs expr espresso
+  limits=$(condor_flavour_limits) || exit 1
+  espresso=$(awk '$1 == "espresso" {print $2}' <<<"$limits")
+  # nested ifThenElse over the flavours, unknown/missing -> espresso (the lxplus default);
+  # toLower(..) =?= : case-insensitive, and false (not undefined) for a non-string JobFlavour
+  expr=$espresso
+  while read -r name secs; do
+    [ "$name" = espresso ] && continue
+    expr="ifThenElse(toLower(JobFlavour) =?= \"$name\", $secs, $expr)"
+  done < <(tac <<<"$limits")
+  body=$(cat <<EOF
+BATCHSITE_FLAVOUR_SCALE = $CONDOR_FLAVOUR_SCALE
+# MaxRuntime (s) per flavour = lxplus limit x scale: $(awk '{printf "%s%s=%s", (NR > 1 ? " " : ""), $1, $2}' <<<"$limits")
+
+# request_memory defaults to 2000 MB (2 GB per core) when the submit file has none
+JOB_DEFAULT_REQUESTMEMORY = 2000
+
+# +JobFlavour -> MaxRuntime (s), applied by the schedd at submission to jobs without an explicit
+# +MaxRuntime; no flavour -> JobFlavour = "espresso" (lxplus default); unknown flavour ->
+# espresso's limit. Not for DAGMan (scheduler universe 7) or local universe (12) jobs.
+JOB_TRANSFORM_NAMES = BatchsiteFlavour
+JOB_TRANSFORM_BatchsiteFlavour @=end
+  REQUIREMENTS MaxRuntime =?= undefined && JobUniverse =!= 7 && JobUniverse =!= 12
+  DEFAULT JobFlavour "espresso"
+  EVALSET MaxRuntime $expr
+@end
+
+# running longer than MaxRuntime (seconds) -> removed, with lxplus's reason text plus the limit;
+# held longer than $CONDOR_HELD_REMOVE_AFTER s -> removed. Evaluated every second here
+# (lxplus: minutes), so a job is removed 1-2 s after its limit.
+PERIODIC_EXPR_INTERVAL = 1
+SYSTEM_PERIODIC_REMOVE = (JobStatus == 2 && MaxRuntime =!= undefined && (time() - EnteredCurrentStatus) > MaxRuntime) || (JobStatus == 5 && (time() - EnteredCurrentStatus) > $CONDOR_HELD_REMOVE_AFTER)
+SYSTEM_PERIODIC_REMOVE_REASON = ifThenElse(JobStatus == 5, "Job was held for more than $CONDOR_HELD_REMOVE_AFTER seconds", strcat("Job removed by SYSTEM_PERIODIC_REMOVE due to wall time exceeded allowed max. (MaxRuntime ", MaxRuntime, " s", ifThenElse(isString(JobFlavour), strcat(", JobFlavour ", JobFlavour), ""), ")"))
+EOF
+)
+  printf '# batchsite test site: lxplus-like job policy (written by tests/site/site.sh start-condor)\n'
+  printf 'BATCHSITE_POLICY_ID = %s\n' "$(sha256sum <<<"$body" | cut -c1-16)"
+  printf '%s\n' "$body"
+}
+
 condor_config_content() {
   cat <<EOF
 # batchsite test site: HTCondor personal pool run by $SITE_USER (written by tests/site/site.sh)
 RELEASE_DIR = $CONDOR_PREFIX
 LOCAL_DIR = $CONDOR_DIR
-LOCAL_CONFIG_FILE =
+LOCAL_CONFIG_FILE = $CONDOR_POLICY_CFG
 LOCAL_CONFIG_DIR =
-REQUIRE_LOCAL_CONFIG_FILE = false
+REQUIRE_LOCAL_CONFIG_FILE = true
 LOG = \$(LOCAL_DIR)/log
 SPOOL = \$(LOCAL_DIR)/spool
 EXECUTE = \$(LOCAL_DIR)/execute
@@ -877,14 +939,8 @@ CGROUP_MEMORY_LIMIT_POLICY = none
 SINGULARITY = /usr/bin/false
 DOCKER =
 
-# lxplus-like policy (CERN batch service limits)
-# request_memory defaults to 2000 MB (2 GB per core) when the submit file has none
-JOB_DEFAULT_REQUESTMEMORY = 2000
-# running longer than +MaxRuntime (seconds) -> removed; held longer than
-# $CONDOR_HELD_REMOVE_AFTER s -> removed. Evaluated every 2 s here (lxplus: minutes).
-PERIODIC_EXPR_INTERVAL = 2
-SYSTEM_PERIODIC_REMOVE = (JobStatus == 2 && MaxRuntime =!= undefined && (time() - EnteredCurrentStatus) > MaxRuntime) || (JobStatus == 5 && (time() - EnteredCurrentStatus) > $CONDOR_HELD_REMOVE_AFTER)
-SYSTEM_PERIODIC_REMOVE_REASON = ifThenElse(JobStatus == 5, "Job was held for more than $CONDOR_HELD_REMOVE_AFTER seconds", strcat("Job exceeded its MaxRuntime of ", MaxRuntime, " seconds"))
+# lxplus-like job policy: in \$(LOCAL_CONFIG_FILE) (condor_policy_content), so that a change
+# of the policy settings is applied by condor_reconfig instead of a restart
 
 # security: FS authentication only; only the pool user is authorized
 SEC_DAEMON_AUTHENTICATION = REQUIRED
@@ -905,6 +961,20 @@ ALLOW_NEGOTIATOR_SCHEDD = \$(ALLOW_NEGOTIATOR)
 ALLOW_WRITE_COLLECTOR = \$(ALLOW_WRITE)
 ALLOW_WRITE_STARTD = \$(ALLOW_WRITE)
 EOF
+}
+
+# the schedd runs the policy of $CONDOR_POLICY_CFG (its BATCHSITE_POLICY_ID)
+condor_policy_loaded() {
+  local want got
+  want=$(awk '$1 == "BATCHSITE_POLICY_ID" {print $3}' "$CONDOR_POLICY_CFG")
+  got=$(as_site_user condor_config_val -schedd BATCHSITE_POLICY_ID) || return 1
+  [ "$got" = "$want" ] || { echo "schedd has policy '$got', want '$want'" >&2; return 1; }
+}
+condor_reconfig_policy() {
+  local out
+  say "condor policy changed (BATCHSITE_FLAVOUR_SCALE=$CONDOR_FLAVOUR_SCALE, BATCHSITE_CONDOR_HELD_REMOVE_AFTER=$CONDOR_HELD_REMOVE_AFTER): condor_reconfig"
+  out=$(as_site_user condor_reconfig 2>&1) || die_daemon condor_master "condor_reconfig failed: $out"
+  wait_for condor_master "the schedd to load the new policy" condor_policy_loaded
 }
 
 condor_slot_unclaimed() { local out; out=$(as_site_user condor_status -af Name State) && grep -q Unclaimed <<<"$out"; }
@@ -938,14 +1008,19 @@ cmd_start_condor() {
   mark packages+user
   install_condor
   mark install
-  local changed=
+  local changed= policy
+  policy=$(condor_policy_content)   # dies on a bad BATCHSITE_FLAVOUR_SCALE
   install -d -o "$SITE_USER" -g "$SITE_USER" -m 755 "$CONDOR_DIR"
   condor_config_content | write_if_changed "$CONDOR_CFG" && changed=1
-  chown "$SITE_USER:$SITE_USER" "$CONDOR_CFG"
+  printf '%s\n' "$policy" | write_if_changed "$CONDOR_POLICY_CFG" || true
+  chown "$SITE_USER:$SITE_USER" "$CONDOR_CFG" "$CONDOR_POLICY_CFG"
   write_site_env_script
   ensure_sshd
   mark sshd
   if alive condor_master && [ -n "$changed" ]; then say "condor config changed: restarting the pool"; stop_daemon condor_master; fi
+  # policy settings changed (or an earlier reconfig was interrupted): the running schedd's
+  # BATCHSITE_POLICY_ID differs from the file's -> condor_reconfig (no restart, queue kept)
+  if alive condor_master && ! condor_policy_loaded 2>/dev/null; then condor_reconfig_policy; mark reconfig; fi
   if ! alive condor_master; then
     local d
     for d in log spool execute lock run passwords.d tokens.d system_tokens.d; do
@@ -963,6 +1038,7 @@ cmd_start_condor() {
   local was_up=
   [ -z "$LAUNCHED" ] && grep -q '"condor": true' "$SITE_JSON" 2>/dev/null && was_up=1
   wait_for condor_master "an Unclaimed slot" condor_slot_unclaimed
+  wait_for condor_master "the schedd to load the policy" condor_policy_loaded
   mark slot
   if [ -n "$was_up" ]; then
     # already up and verified by an earlier start-condor: one SSH round trip
