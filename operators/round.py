@@ -52,7 +52,7 @@ class BatchRoundOperator(BaseOperator):
         cwd: str | None = None,
         throttle: int | None = None,
         retries_in_job: int = 0,
-        resources: dict[str, Any] | None = None,
+        job_resources: dict[str, Any] | None = None,
         fanin_resources: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         round_index: int = 0,
@@ -71,7 +71,7 @@ class BatchRoundOperator(BaseOperator):
         self.cwd = cwd
         self.throttle = throttle
         self.retries_in_job = retries_in_job
-        self.resources = resources
+        self.job_resources = job_resources  # not `resources`: BaseOperator owns that name
         self.fanin_resources = fanin_resources
         self.env = env
         self.round_index = round_index
@@ -91,9 +91,10 @@ class BatchRoundOperator(BaseOperator):
         return default if v is None else v
 
     def _round_def(self) -> dict[str, Any]:
-        keys = ("units", "fanin", "workdir", "cwd", "throttle", "retries_in_job", "resources",
-                "fanin_resources", "env")
+        keys = ("units", "fanin", "workdir", "cwd", "throttle", "retries_in_job", "fanin_resources", "env")
         rd = {k: getattr(self, k) for k in keys if getattr(self, k, None) is not None}
+        if self.job_resources:
+            rd["resources"] = self.job_resources
         rd["label"] = self.round_label or self.task_id
         rd.update({k: v for k, v in (self.round_def or {}).items() if v is not None})
         return rd

@@ -1,11 +1,37 @@
-"""``batchsite`` command line: summaries of campaign outputs (and, later, dry runs)."""
+"""``batchsite`` command line.
+
+* ``rg-summary``: per-step z mean/std of an RG campaign and where its histograms are;
+* ``faser-align``: the group's ``dag_manager.py`` flags (``-y -r -f -i --fourst --threest
+  --config --submit``) on top of the ``faser_alignment`` Airflow DAG. Without ``--submit``
+  it is a dry run: it validates the Params exactly as the DAG does (``faser.parse_params``),
+  renders the FIRST round (iteration 1) with the same functions the DAG's tasks call and
+  writes the files locally under the seed's layout
+  ``<out>/Y{year}_R{run}_F{range}/iter01/1reco/<key>/``. Nothing is submitted and nothing
+  remote is touched. With ``--submit`` it triggers the DAG through the Airflow CLI of this
+  python environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import posixpath
+import re
+import shlex
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
+FASER_DAG_ID = "faser_alignment"
+#: the task id of iteration 1's submit task in the DAG (group ``iter01``, mapped index 0)
+FASER_DRY_RUN_ID = "dry-run"
+FASER_FIRST_TASK = "iter01.submit"
+
+
+# ---------------------------------------------------------------------------- rg-summary
 
 def _rg_summary(args: argparse.Namespace) -> int:
     from batchsite.campaign.collect import format_stats, step_stats
@@ -30,13 +56,292 @@ def _rg_summary(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---------------------------------------------------------------------------- faser-align: params
+
+def _read_config_json(path: str | None) -> dict[str, Any]:
+    """The group's config.json as a dict ({} without --config). Raises CampaignConfigError."""
+    from batchsite.campaign.common import CampaignConfigError
+
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise CampaignConfigError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CampaignConfigError(f"--config {path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") \
+            from None
+    if not isinstance(raw, dict):
+        raise CampaignConfigError(f"--config {path}: config.json must be a JSON object with the sections "
+                                  f"paths / htcondor / alignment / storage (got {type(raw).__name__})")
+    return raw
+
+
+def faser_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``faser_alignment`` DAG's Params (``dags trigger -c``) from the parsed flags.
+
+    Reads ``--config`` and validates everything with ``faser.parse_params`` (the DAG's own
+    validation); raises CampaignConfigError naming the field. The keys are those of the
+    DAG's PARAMS, the run zero-padded. Without ``-i`` the iterations come from
+    config.json's ``alignment.default_iterations`` (10 when not set), as dag_manager.py.
+    """
+    from batchsite.campaign.common import CampaignConfigError
+    from batchsite.campaign.faser import FaserParams, parse_config, parse_params
+
+    config = _read_config_json(getattr(args, "config", None))
+    cfg = parse_config(config)  # first on its own: its message names the key without the whole Params
+    iterations = args.iterations if args.iterations is not None else cfg.alignment.default_iterations
+    defaults = FaserParams.model_fields
+    raw = {
+        "year": args.year,
+        "run": args.run,
+        "files": args.files,
+        "iterations": iterations,
+        "fourst": bool(args.fourst),
+        "threest": bool(args.threest),
+        "tolerance": args.tolerance if args.tolerance is not None else defaults["tolerance"].default,
+        "site_conn_id": args.site,
+        "config": config,
+        "max_rescues": args.max_rescues if args.max_rescues is not None else defaults["max_rescues"].default,
+    }
+    try:
+        return parse_params(raw).model_dump(mode="json")
+    except CampaignConfigError as e:
+        raise CampaignConfigError(_tidy(str(e))) from None
+
+
+_WHOLE_INPUT = re.compile(r" \(got \{.*\}\)$", re.S)
+
+
+def _tidy(msg: str) -> str:
+    """A model-level error (fourst with threest) comes back from ``explain_validation`` as
+    ``P: P: <message> (got {<every param>})``: say it once, without the dump."""
+    prefix = "FASER alignment params: "
+    if msg.startswith(prefix + prefix):
+        msg = _WHOLE_INPUT.sub("", msg[len(prefix):])
+    return msg
+
+
+def _airflow_cli() -> Path:
+    return Path(sys.executable).parent / "airflow"
+
+
+def _trigger_argv(conf: dict[str, Any]) -> list[str]:
+    return [str(_airflow_cli()), "dags", "trigger", FASER_DAG_ID, "-c", json.dumps(conf, separators=(",", ":"))]
+
+
+def _files_line(p: Any) -> str:
+    nums = p.file_numbers
+    if len(nums) == 1:
+        return f"files {p.files} -> 1 raw file {nums[0]}"
+    return f"files {p.files} -> {len(nums)} raw files {nums[0]}..{nums[-1]} (end exclusive)"
+
+
+# ---------------------------------------------------------------------------- faser-align: dry run
+
+def _site_path(root: str):
+    def path(rel: str) -> str:
+        p = posixpath.normpath(posixpath.join(root, rel))
+        if p != root and not p.startswith(root.rstrip("/") + "/"):
+            raise ValueError(f"path {rel!r} escapes remote_root {root}")
+        return p
+    return path
+
+
+def _dry_run_site(conn_id: str, scheduler: str, root: str):
+    """The SiteConfig the dry run renders with: the chosen scheduler, remote_root = --out."""
+    from batchsite.config import SiteConfig, local_site_config
+
+    if scheduler == "local":
+        base = local_site_config(root).model_dump()
+        return SiteConfig(**{**base, "conn_id": conn_id})
+    return SiteConfig(conn_id=conn_id, scheduler=scheduler, transport="local", remote_root=root)
+
+
+def render_first_round(conf: dict[str, Any], *, scheduler: str, out: str) -> dict[str, Any]:
+    """Iteration 1 rendered as the DAG's ``iter01`` group would (no I/O).
+
+    ``--out`` plays the site's remote_root and, unless config.json sets ``paths.work_dir``,
+    the work dir of dag_manager.py (so the round lands in ``<out>/Y.._R.._F../iter01/1reco``,
+    the seed's layout, and every path in the scripts points inside ``<out>``). With
+    ``paths.work_dir`` the scripts keep that site path (where the real jobs write) and only
+    the files are placed under ``<out>`` in the same layout.
+
+    Returns ``{"local_dir", "site_workdir", "spec", "files": {relpath: text}, "executable"}``.
+    """
+    from batchsite.backends.base import get_backend
+    from batchsite.campaign.faser import base_dir, first_round, parse_params, round_def
+    from batchsite.keys import job_key
+    from batchsite.rounds import spec_from_round_def
+
+    p = parse_params(conf)
+    root = os.path.abspath(out)
+    cfg = _dry_run_site(p.site_conn_id, scheduler, root)
+    if not p.cfg.paths.work_dir:
+        config = {**p.config, "paths": {**p.config.get("paths", {}), "work_dir": cfg.remote_root}}
+        p = parse_params({**p.model_dump(mode="json"), "config": config})
+    (first,) = first_round(p)
+    rd = round_def(p, first["iteration"], first["files"], remote_root=cfg.remote_root, python=cfg.python)
+    key = job_key(FASER_DAG_ID, FASER_DRY_RUN_ID, FASER_FIRST_TASK, 0, 0)
+    spec = spec_from_round_def(rd, key=key, cfg=cfg, site_path=_site_path(cfg.remote_root))
+    rendered = get_backend(cfg.scheduler).render_round(spec)
+    files = dict(rendered.files)
+    files["submit.sh"] = rendered.submit_script  # as Site.submit ships it
+    rel = posixpath.relpath(spec.workdir, base_dir(p, cfg.remote_root))
+    local_dir = os.path.join(root, posixpath.basename(base_dir(p, cfg.remote_root)), *rel.split("/"))
+    return {"local_dir": local_dir, "site_workdir": spec.workdir, "spec": spec, "files": files,
+            "executable": rendered.executable, "round_def": rd, "site": cfg}
+
+
+def _write_atomic(path: str, text: str, mode: int) -> None:
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_round(local_dir: str, files: dict[str, str], executable: frozenset[str]) -> list[str]:
+    """Write every rendered file under ``local_dir`` atomically; returns the paths written."""
+    for name in files:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"rendered file name {name!r} escapes the round directory")
+    written = []
+    for name, text in sorted(files.items()):
+        path = os.path.join(local_dir, *name.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        mode = 0o755 if name in executable or name.endswith(".sh") else 0o644
+        _write_atomic(path, text, mode)
+        written.append(path)
+    return written
+
+
+def _faser_align(args: argparse.Namespace) -> int:
+    from batchsite.campaign.common import CampaignConfigError
+    from batchsite.campaign.faser import parse_params
+
+    prog = "batchsite faser-align"
+    try:
+        conf = faser_conf_from_args(args)
+        p = parse_params(conf)
+    except CampaignConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    tag = f"Y{p.year}_R{p.run}_F{p.range_tag}"
+    print(f"FASER alignment {tag}: year {p.year}, run {p.run} (-r {args.run}), up to {p.iterations} iterations, "
+          f"{'4' if p.fourst else '3'}-station, payload: {'Calypso + pede' if p.cfg.uses_calypso else 'reference'}")
+    print(_files_line(p))
+    argv = _trigger_argv(conf)
+
+    if args.submit:
+        return _submit(prog, argv)
+
+    try:
+        r = render_first_round(conf, scheduler=args.scheduler, out=args.out)
+    except (CampaignConfigError, ValueError) as e:  # a rendering refusal (bad node name, requirements, ...)
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    local_dir = r["local_dir"]
+    earlier = sorted(set(os.listdir(local_dir)) - set(r["files"])) if os.path.isdir(local_dir) else []
+    try:
+        write_round(local_dir, r["files"], r["executable"])
+    except OSError as e:
+        print(f"{prog}: cannot write the rendered round under {local_dir}: {e}", file=sys.stderr)
+        return 1
+    spec = r["spec"]
+    print(f"dry run: iteration 1 rendered for scheduler {args.scheduler} (site {p.site_conn_id!r}, "
+          f"remote_root = {r['site'].remote_root}), key {spec.key}")
+    print(f"written to {local_dir}/: {', '.join(sorted(r['files']))}")
+    if r["site_workdir"] != local_dir:
+        print(f"  (the scripts use the site paths of config.json paths.work_dir; on the site this round is "
+              f"{r['site_workdir']})")
+    if earlier:
+        print(f"  note: {local_dir} also holds files from an earlier render: {', '.join(earlier)}")
+    print(f"reco outputs -> {r['round_def']['kf_dir']}; Millepede -> {r['round_def']['mp_dir']}")
+    print("nothing was submitted. `--submit` would run:")
+    print(f"  {shlex.join(argv)}")
+    return 0
+
+
+_RUN_ID = re.compile(r'"dag_run_id"\s*:\s*"([^"]+)"')
+
+
+def _submit(prog: str, argv: list[str]) -> int:
+    airflow = argv[0]
+    if not os.access(airflow, os.X_OK):
+        print(f"{prog}: no Airflow CLI at {airflow} (install apache-airflow in this environment)", file=sys.stderr)
+        return 127
+    print(f"triggering: {shlex.join(argv)}")
+    r = subprocess.run([*argv, "-o", "json"], capture_output=True, text=True)
+    m = _RUN_ID.findall(r.stdout or "")
+    if r.returncode == 0 and m:
+        print(f"triggered DAG {FASER_DAG_ID}: run id {m[-1]}")
+    else:
+        if r.stdout:
+            print(r.stdout, end="" if r.stdout.endswith("\n") else "\n")
+        if r.returncode == 0:
+            print(f"{prog}: the trigger succeeded but printed no run id", file=sys.stderr)
+    if r.returncode != 0:
+        if r.stderr:
+            print(r.stderr, end="" if r.stderr.endswith("\n") else "\n", file=sys.stderr)
+        print(f"{prog}: airflow dags trigger exited {r.returncode}", file=sys.stderr)
+    return r.returncode
+
+
+# ---------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="batchsite")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("rg-summary", help="per-step z mean/std of an RG campaign and where its histograms are")
     s.add_argument("--conf", required=True, help="the campaign's Params as JSON (as given to dags test -c)")
     s.set_defaults(func=_rg_summary)
-    args = ap.parse_args(argv)
+
+    f = sub.add_parser(
+        "faser-align",
+        help="FASER tracker alignment with dag_manager.py's flags: dry run (default) or trigger the DAG",
+        description="Validate the FASER alignment Params as the faser_alignment DAG does. Dry run (default): "
+                    "render iteration 1 locally under <out>/Y{year}_R{run}_F{range}/iter01/1reco/<key>/. "
+                    "--submit: trigger the faser_alignment DAG (airflow dags trigger).",
+    )
+    f.add_argument("-y", "--year", type=int, required=True, help="year, e.g. 2023")
+    f.add_argument("-r", "--run", required=True, help="run number, zero-padded to 6 digits (11705 -> 011705)")
+    f.add_argument("-f", "--files", required=True,
+                   help="raw files: N, START-END or START:END; END IS EXCLUSIVE (400-450 = 400..449)")
+    f.add_argument("-i", "--iterations", type=int, default=None,
+                   help="maximum iterations (default: config.json alignment.default_iterations, else 10)")
+    f.add_argument("--fourst", action="store_true", help="4-station mode")
+    f.add_argument("--threest", action="store_true", help="3-station mode (the default)")
+    f.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="the group's config.json (sections paths / htcondor / alignment / storage)")
+    f.add_argument("--site", default="local", metavar="CONN_ID", help="Airflow connection of the site (default: local)")
+    f.add_argument("--tolerance", type=float, default=None,
+                   help="stop when the constants change less than this (relative; default 0.001)")
+    f.add_argument("--max-rescues", type=int, default=None, help="rescue rounds per iteration (default 2)")
+    f.add_argument("--scheduler", choices=("htcondor", "slurm", "local"), default="htcondor",
+                   help="dry run only: the backend to render with (default: htcondor)")
+    f.add_argument("--out", default=".", metavar="DIR",
+                   help="dry run only: where to write the rendered round (default: current directory)")
+    f.add_argument("--submit", action="store_true",
+                   help="trigger the faser_alignment Airflow DAG with these Params instead of a dry run")
+    f.set_defaults(func=_faser_align)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -199,3 +199,17 @@ def test_rescue_reruns_only_the_failed_units(site_info, airflow_home, scheduler,
     runs = on_site(site_info, f"cd {wd} && for i in 0 1 2 3 4 5 6 7; do printf '%s ' $(wc -l < runs_$i.log); done")
     assert runs.stdout.split() == ["1", "2", "1", "1", "2", "1", "1", "1"], runs.stdout  # only 1 and 4 reran
     assert on_site(site_info, f"cat {wd}/fanin_runs.txt").stdout.strip() == "10"  # fan-in ran once, after all
+
+
+def test_time_limit_removal_escalates_the_job_flavour(site_info, airflow_home, condor_pool):
+    conn = site_conn(site_info, "htcondor")
+    tag = f"slow{uuid.uuid4().hex[:6]}"
+    run_id = f"slow_{tag}"
+    _trigger(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
+    p = _task(airflow_home, "slow", run_id, the_site=conn)
+    out, _ = p.communicate(timeout=600)
+    assert "Task failed" not in out, out[-5000:]
+    assert "hit their time limit: JobFlavour espresso -> microcentury" in out, out[-5000:]
+    key = re.search(r"round (bs-slow-[0-9a-f]+)", out).group(1)
+    sub = on_site(site_info, f"grep -h JobFlavour {site_info['remote_root']}/test/{tag}/{key}/*.sub")
+    assert "microcentury" in sub.stdout  # the rescue round ran with the next flavour

@@ -26,11 +26,14 @@ class CampaignConfigError(ValueError):
 def explain_validation(prefix: str, e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or prefix
+        loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the README for the accepted keys)"
-        parts.append(f"{loc}: {msg} (got {err.get('input')!r})" if "input" in err and err["type"] != "extra_forbidden" else f"{loc}: {msg}")
+            parts.append(f"{loc}: unknown key (check the spelling; see the README for the accepted keys)")
+        elif not loc:  # a rule across fields: the message names them; the input is everything
+            parts.append(msg)
+        else:
+            parts.append(f"{loc}: {msg} (got {err.get('input')!r})")
     return f"{prefix}: " + "; ".join(parts)
 
 

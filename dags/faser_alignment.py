@@ -1,0 +1,158 @@
+"""FASER tracker alignment: reconstruction per raw file, then Millepede, iterated to convergence.
+
+Airflow owns the iteration loop (iter01 .. iter10, replan between iterations); the batch
+site owns each iteration: on HTCondor one DAGMan DAG (a reco node per raw file, RETRY,
+the Millepede node as child of all), on Slurm an array + afterok job, locally the runner.
+Only ``site_conn_id`` changes. Remote layout as the group's dag_manager.py:
+``<work_dir>/Y{year}_R{run}_F{range}/iterNN/{1reco,2kfalignment,3millepede}``.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+from batchsite.campaign.faser import MAX_ITERATIONS
+from batchsite.dagbuilder import round_loop
+
+PARAMS = {
+    "year": Param(2023, type="integer", minimum=2022, maximum=2040, title="Year (-y)"),
+    "run": Param("011705", type="string", pattern=r"^[0-9]{1,6}$", title="Run (-r)",
+                 description="zero-padded to 6 digits: 11705 -> 011705"),
+    "files": Param("400-406", type="string", pattern=r"^[0-9]{1,6}([-:][0-9]{1,6})?$", title="Raw files (-f)",
+                   description="400, 400-450 or 400:450. END IS EXCLUSIVE, as dag_manager.py: "
+                               "400-450 = the 50 files 400..449"),
+    "iterations": Param(10, type="integer", minimum=1, maximum=MAX_ITERATIONS, title="Max iterations (-i)"),
+    "fourst": Param(False, type="boolean", title="4-station mode (--fourst)"),
+    "threest": Param(False, type="boolean", title="3-station mode (--threest, the default)"),
+    "tolerance": Param(0.001, type="number", exclusiveMinimum=0, title="Stop when constants change less than",
+                       description="largest relative change between iterations; 0.001 = 0.1%"),
+    "site_conn_id": Param("local", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                          title="Site connection"),
+    "config": Param({}, type="object", title="config.json",
+                    description="sections paths / htcondor / alignment / storage, as the group's config.json"),
+    "max_rescues": Param(2, type="integer", minimum=0, maximum=10, title="Rescue rounds per iteration"),
+}
+
+
+def _params() -> dict:
+    ctx = get_current_context()
+    return {k: ctx["params"].get(k) for k in PARAMS}
+
+
+@dag(
+    dag_id="faser_alignment",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params=PARAMS,
+    tags=["batchsite", "faser"],
+    doc_md=__doc__,
+)
+def faser_alignment():
+    @task
+    def validate() -> dict:
+        from batchsite.campaign.faser import parse_params
+        from batchsite.hooks.site import load_site_config
+
+        p = parse_params(_params())
+        cfg = load_site_config(p.site_conn_id)
+        n = len(p.file_numbers)
+        print(f"FASER alignment Y{p.year} R{p.run} files {p.files} -> {n} raw files "
+              f"({p.file_numbers[0]}..{p.file_numbers[-1]}, end exclusive), up to {p.iterations} iterations, "
+              f"{'4' if p.fourst else '3'}-station, payload: {'Calypso + pede' if p.cfg.uses_calypso else 'reference'}")
+        return {"params": p.model_dump(mode="json"), "remote_root": cfg.remote_root, "python": cfg.python,
+                "scheduler": cfg.scheduler}
+
+    @task
+    def stage(setup: dict) -> dict:
+        from batchsite.campaign.faser import parse_params
+        from batchsite.hooks.site import site_from_conn_id
+        from batchsite.staging import Staging, payload_dir
+
+        p = parse_params(setup["params"])
+        site = site_from_conn_id(p.site_conn_id)
+        try:
+            st = Staging(site)
+            if p.cfg.uses_calypso:
+                print(st.push_scripts(payload_dir("faser_calypso")))
+            else:
+                print(st.push_tree_to(payload_dir("faser_reference"), "code/faser_reference"))
+        finally:
+            site.close()
+        return setup
+
+    @task
+    def first_round(setup: dict) -> list[dict]:
+        from batchsite.campaign.faser import first_round as first, parse_params
+
+        return first(parse_params(setup["params"]))
+
+    def prepare(partition: dict, setup: dict) -> dict:
+        from batchsite.campaign.faser import parse_params, round_def
+
+        p = parse_params(setup["params"])
+        rd = round_def(p, partition["iteration"], partition["files"], remote_root=setup["remote_root"],
+                       python=setup["python"])
+        rd["max_rescues"] = p.max_rescues
+        return rd
+
+    def collect(partition: dict, rd: dict, submitted: dict, setup: dict) -> dict:
+        from batchsite.campaign.collect import read_json
+        from batchsite.campaign.faser import parse_params
+        from batchsite.hooks.site import site_from_conn_id
+
+        p = parse_params(setup["params"])
+        site = site_from_conn_id(p.site_conn_id)
+        try:
+            summary = read_json(site.transport, rd["summary"])
+        finally:
+            site.close()
+        out = {**partition, "workdir": rd["workdir"], "done": summary is not None,
+               "why": None if summary else f"no {rd['summary']}"}
+        if summary:
+            out.update({k: summary.get(k) for k in ("max_rel_change", "residual_to_truth", "chi2_ndf", "n_tracks")})
+        if submitted:
+            out["rescues"] = submitted.get("rescues", 0)
+        print(f"iter{partition['iteration']:02d}: {out}")
+        return out
+
+    def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
+        from batchsite.campaign.faser import parse_params, replan as plan
+
+        nxt, reason = plan(parse_params(setup["params"]), results)
+        print(f"replan after iter{round_no:02d}: {reason}")
+        return nxt
+
+    @task(trigger_rule="none_failed")
+    def report(setup: dict) -> dict:
+        """Convergence table from every iteration's alignment.json."""
+        from batchsite.campaign.collect import read_json
+        from batchsite.campaign.faser import iter_dir, parse_params
+        from batchsite.hooks.site import site_from_conn_id
+
+        p = parse_params(setup["params"])
+        site = site_from_conn_id(p.site_conn_id)
+        rows = []
+        try:
+            for it in range(1, p.iterations + 1):
+                s = read_json(site.transport, f"{iter_dir(p, setup['remote_root'], it)}/3millepede/alignment.json")
+                if s is None:
+                    break
+                rows.append({"iteration": it, **s})
+        finally:
+            site.close()
+        for r in rows:
+            print(f"  iter{r['iteration']:02d}: max rel change {r.get('max_rel_change')}  "
+                  f"residual to truth {r.get('residual_to_truth')}  chi2/ndf {r.get('chi2_ndf')}")
+        return {"iterations": rows}
+
+    setup = stage(validate())
+    replans = round_loop(setup=setup, first=first_round(setup), prepare=prepare, collect=collect, replan=replan,
+                         max_rounds=MAX_ITERATIONS, group_name=lambda r: f"iter{r:02d}")
+    rep = report(setup)
+    for x in replans:
+        x >> rep
+
+
+faser_alignment()
