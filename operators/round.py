@@ -134,7 +134,8 @@ class BatchRoundOperator(BaseOperator):
             verb = "re-attached to existing" if sub.adopted else "submitted"
             self.log.info("%s: %s round %s on site %s as job %s (workdir %s)", spec.label, verb,
                           sub.key, site.name, ",".join(sub.job_ids), sub.workdir)
-            return self._watch(context, site, sub, spec.label, {"rescues": 0, "done_before": {}})
+            return self._watch(context, site, sub, spec.label,
+                               {"rescues": 0, "done_before": {}, "on_hold": self._round_def().get("on_hold")})
         finally:
             hook.close()
 
@@ -168,14 +169,34 @@ class BatchRoundOperator(BaseOperator):
         label = event.get("label") or sub.key
         ctx = event.get("context") or {"rescues": 0, "done_before": {}}
         self._submission = sub
-        if event.get("status") != "finished":
+        if event.get("status") not in ("finished", "held"):
             raise AirflowException(f"{label}: watching round {sub.key} stopped: {event.get('message')}")
         status = RoundStatus.model_validate(event["round"])
         self._hook = hook = BatchSiteHook(self.site_conn_id)
         try:
+            if event["status"] == "held":
+                return self._held(context, hook.get_site(), sub, status, label, ctx)
             return self._finish(context, hook.get_site(), sub, status, label, ctx)
         finally:
             hook.close()
+
+    def _held(self, context: Any, site: Site, sub: Submission, status: RoundStatus, label: str,
+              ctx: dict[str, Any]):
+        """Units held longer than on_hold.after_seconds: release them (up to max_releases
+        times), then give up on them: remove the round's held jobs so they fail and the
+        rescue policy (with escalation) takes over."""
+        policy = {"after_seconds": 600, "max_releases": 1, **(ctx.get("on_hold") or {})}
+        reasons = sorted({s.reason for s in status.units.values() if s.state is JobState.HELD and s.reason})
+        held = sorted(i for i, s in status.units.items() if s.state is JobState.HELD)
+        if int(ctx.get("releases", 0)) < int(policy["max_releases"]):
+            out = site.release([sub])
+            self.log.warning("%s: units %s held (HoldReason: %s): released (%s)", label, held,
+                             "; ".join(reasons) or "?", (out or "").strip()[:300])
+            return self._watch(context, site, sub, label, {**ctx, "releases": int(ctx.get("releases", 0)) + 1})
+        raise AirflowException(
+            f"{label}: units {held} stay held (HoldReason: {'; '.join(reasons) or '?'}) after "
+            f"{policy['max_releases']} release(s); fix the cause and release them (condor_release / "
+            f"scontrol release) or clear this task")
 
     def _finish(self, context: Any, site: Site, sub: Submission, status: RoundStatus, label: str,
                 ctx: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +267,7 @@ class BatchRoundOperator(BaseOperator):
         self._submission = new_sub
         self.log.info("%s: rescue round submitted as job %s", label, ",".join(new_sub.job_ids))
         done = {str(i): s.model_dump(mode="json") for i, s in whole.units.items() if s.state is JobState.DONE}
-        new_ctx = {"rescues": int(ctx.get("rescues", 0)) + 1,
+        new_ctx = {**ctx, "rescues": int(ctx.get("rescues", 0)) + 1,
                    "done_before": done if narrow else {},
                    "resources": new_spec.resources.model_dump(mode="json")}
         return self._watch(context, site, new_sub, label, new_ctx)

@@ -96,6 +96,8 @@ class RoundSpec(Frozen):
     cwd: str | None = None
     env: dict[str, str] = {}
     env_script: str | None = None  # sourced by every job before its command
+    #: scheduler-level submit options; HTCondor: ``maxidle``/``maxjobs`` -> condor_submit_dag
+    submit_options: dict[Literal["maxidle", "maxjobs"], int] = {}
 
     @field_validator("key")
     @classmethod

@@ -135,4 +135,5 @@ def spec_from_round_def(rd: dict[str, Any], *, key: str, cfg: SiteConfig, site_p
         cwd=rd.get("cwd"),
         env={"BATCHSITE_PYTHON": cfg.python, **(rd.get("env") or {})},
         env_script=cfg.env_script,
+        submit_options={k: v for k, v in (rd.get("submit_options") or {}).items() if v},
     )

@@ -392,6 +392,14 @@ class Site:
         r = self.transport.sh(script, timeout=120)
         return self.backend.parse_status(r.out, subs)
 
+    def release(self, subs: Sequence[Submission]) -> str | None:
+        """Release held jobs (one command); None when the scheduler has no holds."""
+        script = self.backend.render_release_script(subs)
+        if script is None:
+            return None
+        r = self.transport.sh(script, timeout=120)
+        return (r.out + r.err).strip()
+
     def cancel(self, subs: Sequence[Submission]) -> str:
         """Cancel every job of these rounds (one command); returns what the tools printed,
         followed by the backend's hint when it recognises an error in it. Raises when the

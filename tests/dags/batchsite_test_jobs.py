@@ -38,5 +38,11 @@ def batchsite_test_jobs():
                        workdir="test/{{ params.tag }}", job_resources={"job_flavour": "espresso"},
                        rescue={"auto_below": 0.5, "review_below": 0.9, "max_rescues": 1})
 
+    # a node the test holds with condor_hold: HoldReason in the log, released after 2 s
+    BatchRoundOperator(task_id="holdme", site_conn_id="{{ params.site }}",
+                       units=[["sh", "-c", "sleep 6"]], fanin=["true"], workdir="test/{{ params.tag }}",
+                       job_resources={"job_flavour": "microcentury"},
+                       round_def={"on_hold": {"after_seconds": 2, "max_releases": 1}})
+
 
 batchsite_test_jobs()

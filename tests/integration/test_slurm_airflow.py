@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -178,7 +179,9 @@ def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, ai
     out, _ = p.communicate(timeout=300)
     assert "Task failed with exception" in out  # `tasks test` exits 0 even then
     assert "2 of 8 units failed: [2, 5]" in out, out[-4000:]
-    assert "DependencyNeverSatisfied" in out and "fan-in" in out
+    # slurmctld says Dependency until it re-evaluates, then DependencyNeverSatisfied: either way
+    # the fan-in can never start and must not be left pending
+    assert "cancelled: it could never start (Dependency" in out
     assert f"{site_info['remote_root']}/test/{tag}/" in out  # where the logs are
     key = re.search(r"round (bs-failing-[0-9a-f]+)", out).group(1)
     assert _squeue_named(site_info, key) == []  # nothing left pending forever
@@ -213,3 +216,25 @@ def test_time_limit_removal_escalates_the_job_flavour(site_info, airflow_home, c
     key = re.search(r"round (bs-slow-[0-9a-f]+)", out).group(1)
     sub = on_site(site_info, f"grep -h JobFlavour {site_info['remote_root']}/test/{tag}/{key}/*.sub")
     assert "microcentury" in sub.stdout  # the rescue round ran with the next flavour
+
+
+def test_held_node_is_reported_and_released(site_info, airflow_home, condor_pool):
+    conn = site_conn(site_info, "htcondor")
+    tag = f"hold{uuid.uuid4().hex[:6]}"
+    run_id = f"hold_{tag}"
+    _trigger(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
+    p = _task(airflow_home, "holdme", run_id, the_site=conn)
+    key = _wait_for_record(site_info, tag)
+    node = f'JobBatchName == "{key}" && JobUniverse == 5 && JobStatus == 2'
+    deadline = time.monotonic() + 60
+    while True:
+        r = on_site(site_info, f"condor_q -constraint {shlex.quote(node)} -af ClusterId")
+        if r.stdout.strip():
+            break
+        assert time.monotonic() < deadline, "the node job never ran"
+        time.sleep(0.5)
+    assert on_site(site_info, f"condor_hold {r.stdout.split()[0]}").returncode == 0  # a real hold
+    out, _ = p.communicate(timeout=300)
+    assert "Task failed" not in out, out[-5000:]
+    assert "HoldReason: via condor_hold (by user bsite)" in out
+    assert "released" in out

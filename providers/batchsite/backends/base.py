@@ -56,6 +56,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def render_cancel_script(self, subs: Sequence[Submission]) -> str: ...
 
+    def render_release_script(self, subs: Sequence[Submission]) -> str | None:
+        """Release the held jobs of these rounds (one command); None: this scheduler has no holds."""
+        return None
+
     def probe_script(self) -> str:
         """A cheap command run once per connection to learn site capabilities (e.g. accounting)."""
         return "true"

@@ -294,6 +294,7 @@ def render_submit_script(spec: RoundSpec) -> str:
     ``dagman=<cluster> schedd=<schedd name>``."""
     key = spec.key
     moved = " ".join(q(f) for f in (node_status_file(key), metrics_file(key)))
+    throttles = "".join(f" -{k} {int(v)}" for k, v in sorted(spec.submit_options.items()) if v)
     return "\n".join([
         "#!/bin/sh",
         f"# batchsite round {key}: submit",
@@ -301,7 +302,7 @@ def render_submit_script(spec: RoundSpec) -> str:
         f"mkdir -p {LOG_DIR} {common.STATUS_DIR} || exit 1",
         "# a resubmission (the rescue DAG runs the failed nodes) must not read the last run's files",
         f'for f in {moved}; do [ -f "$f" ] && mv -f "$f" "$f.prev"; done',
-        f"out=$(condor_submit_dag -batch-name {q(key)} {q(dag_file(key))}); rc=$?",
+        f"out=$(condor_submit_dag -batch-name {q(key)}{throttles} {q(dag_file(key))}); rc=$?",
         "printf '%s\\n' \"$out\"",
         'if [ "$rc" -ne 0 ]; then echo "batchsite: condor_submit_dag exited $rc" >&2; exit 1; fi',
         "c=$(printf '%s\\n' \"$out\" | sed -n 's/.*submitted to cluster \\([0-9][0-9]*\\)\\..*/\\1/p' | tail -n 1)",
@@ -462,6 +463,20 @@ def render_cancel_script(subs: Sequence[Submission]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_release_script(subs: Sequence[Submission]) -> str:
+    """``condor_release`` of the held node jobs of these DAGs (and of a held DAGMan job)."""
+    if not subs:
+        return "true\n"
+    _cluster_ids(subs)
+    lines = []
+    for section, group in _schedd_groups(subs).items():
+        ors = " || ".join(f"DAGManJobId == {s.fanout_id} || ClusterId == {s.fanout_id}" for s in group)
+        lines.append(f"condor_release{_name_opt(section)} -constraint {q(f'JobStatus == 5 && ({ors})')} 2>&1")
+        lines.append('echo "condor_release exit $?"')
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
 def render_find_by_batch_name_script(key: str, schedd: str | None = None, workdir: str | None = None) -> str:
     """The DAGMan job(s) submitted with ``-batch-name <key>`` (to re-attach a round whose
     submission record is lost). With ``workdir``: whether DAGMan ever ran there (its
@@ -522,6 +537,9 @@ class HTCondorBackend(Backend):
 
     def render_cancel_script(self, subs: Sequence[Submission]) -> str:
         return render_cancel_script(subs)
+
+    def render_release_script(self, subs: Sequence[Submission]) -> str:
+        return render_release_script(subs)
 
     def probe_script(self) -> str:
         return probe_script()

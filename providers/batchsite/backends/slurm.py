@@ -556,6 +556,14 @@ def render_cancel_script(subs: Sequence[Submission]) -> str:
     return f"scancel {' '.join(ids)} 2>&1\necho \"scancel exit $?\"\nexit 0\n"
 
 
+def render_release_script(subs: Sequence[Submission]) -> str:
+    """``scontrol release`` of held (JobHeldUser/JobHeldAdmin) jobs of these rounds."""
+    ids = _ids(subs)
+    if not ids:
+        return "true\n"
+    return f"scontrol release {','.join(ids)} 2>&1\necho \"scontrol release exit $?\"\nexit 0\n"
+
+
 def render_find_by_name_script(key: str, accounting: bool | None = None, workdir: str | None = None) -> str:
     """The jobs named ``key`` (array and fan-in carry the round key as ``--job-name``):
     ``squeue -t all`` (the live queue and recently ended jobs) and, with accounting,
@@ -699,6 +707,9 @@ class SlurmBackend(Backend):
 
     def render_cancel_script(self, subs: Sequence[Submission]) -> str:
         return render_cancel_script(subs)
+
+    def render_release_script(self, subs: Sequence[Submission]) -> str:
+        return render_release_script(subs)
 
     def probe_script(self) -> str:
         return probe_script()

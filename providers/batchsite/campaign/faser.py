@@ -255,6 +255,7 @@ def round_def(p: FaserParams, iteration: int, files: list[int], *, remote_root: 
         "retries_in_job": cfg.htcondor.max_retries,
         "resources": {"cpus": cfg.htcondor.request_cpus, "mem_mb": mem, "job_flavour": cfg.htcondor.job_flavour,
                       "requirements": cfg.htcondor.requirements},
+        "submit_options": {"maxidle": cfg.htcondor.maxidle},
         "iteration": iteration,
         "kf_dir": kf,
         "mp_dir": mp,

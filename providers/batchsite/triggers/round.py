@@ -10,6 +10,7 @@ submission record.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -57,12 +58,23 @@ class BatchRoundTrigger(BaseTrigger):
     async def run(self):
         sub = Submission.model_validate(self.submission)
         last = None
+        hold_after = float((self.context.get("on_hold") or {}).get("after_seconds", 600))
+        held_since: float | None = None
         try:
             async for status in self._poller().watch(sub):
                 line = status.progress_line(self.label)
                 if line != last:
                     self.log.info("%s", line)
                     last = line
+                held = [i for i, s in status.units.items() if s.state.value == "held"]
+                if held:
+                    held_since = held_since or time.monotonic()
+                    if time.monotonic() - held_since >= hold_after:
+                        # lxplus removes jobs held for 24 h: the operator decides long before
+                        yield self._event(status="held", round=status.model_dump(mode="json"))
+                        return
+                else:
+                    held_since = None
                 if status.finished:
                     yield self._event(status="finished", round=status.model_dump(mode="json"))
                     return
