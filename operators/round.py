@@ -163,7 +163,12 @@ class BatchRoundOperator(BaseOperator):
             method_name="execute_complete",
         )
 
-    def execute_complete(self, context: Any, event: dict[str, Any]):
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None):
+        if not event:
+            # resumed without a trigger event (e.g. a restarted task found itself "deferred"):
+            # start over; execute() finds the submission record and re-attaches
+            self.log.info("resumed without a trigger event: re-attaching through the submission record")
+            return self.execute(context)
         # the event carries the submission and our state: nothing is kept in the operator object
         sub = Submission.model_validate(event["submission"])
         label = event.get("label") or sub.key

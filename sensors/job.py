@@ -66,7 +66,9 @@ class BatchJobSensor(BaseSensorOperator):
         self.defer(trigger=BatchRoundTrigger(cfg.public_dict(), sub.model_dump(mode="json"), self.task_id),
                    method_name="execute_complete")
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not event:  # resumed without an event: look again
+            return self.execute(context)
         if event.get("status") != "finished":
             raise AirflowException(f"{self.task_id}: {event.get('message')}")
         st = RoundStatus.model_validate(event["round"])

@@ -15,9 +15,13 @@ UNITS = [["sh", "-c", "sleep {{ params.sleep }}; echo unit done"] for _ in range
 def batchsite_test_jobs():
     SlurmArrayOperator(task_id="deferred", site_conn_id="{{ params.site }}", units=UNITS,
                        fanin=["sh", "-c", "echo fanin"], throttle=2, workdir="test/{{ params.tag }}")
+    # workday = 120 s on the test pool (lxplus durations scaled), so the sleeps are not removed
     BatchRoundOperator(task_id="blocking", site_conn_id="{{ params.site }}", units=UNITS,
                        fanin=["sh", "-c", "echo fanin"], throttle=2, workdir="test/{{ params.tag }}",
-                       deferrable=False)
+                       deferrable=False, job_resources={"job_flavour": "workday"})
+    BatchRoundOperator(task_id="deferred_any", site_conn_id="{{ params.site }}", units=UNITS,
+                       fanin=["sh", "-c", "echo fanin"], throttle=2, workdir="test/{{ params.tag }}",
+                       job_resources={"job_flavour": "workday"})
     SlurmArrayOperator(task_id="failing", site_conn_id="{{ params.site }}",
                        units=[["sh", "-c", f"exit {3 if i in (2, 5) else 0}"] for i in range(8)],
                        fanin=["sh", "-c", "echo fanin"], throttle=4, workdir="test/{{ params.tag }}")

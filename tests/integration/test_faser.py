@@ -32,3 +32,25 @@ def test_faser_alignment_converges(site_info, condor_pool, airflow_home, schedul
     if scheduler == "htcondor":
         dags = on_site(site_info, f"ls {base}/iter01/1reco/*/*.dag").stdout.split()
         assert len(dags) == 1  # one DAGMan DAG per iteration
+
+
+def test_faser_alignment_on_the_embedded_local_site(airflow_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHSITE_LOCAL_ROOT", str(tmp_path / "site"))
+    r = dags_test(airflow_home, "faser_alignment", {"site_conn_id": "local", "files": "400:403", "iterations": 4})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "state=success" in out, out[-6000:]
+    assert "3 raw files (400..402, end exclusive)" in out
+    base = tmp_path / "site/faser/Y2023_R011705_F400-403"
+    assert (base / "iter01/3millepede/inputforalign.txt").stat().st_size > 0
+    assert (base / "iter02/3millepede/millepede.res").exists()
+
+
+def test_rg_campaign_on_htcondor(site_info, condor_pool, airflow_home):
+    version = f"cnd{uuid.uuid4().hex[:6]}"
+    conf = {"site_conn_id": "the_site", "version": version, "steps": 2, "samples": 8000, "batches": 4,
+            "throttle": 2}
+    r = dags_test(airflow_home, "rg_campaign", conf, the_site=site_conn(site_info, "htcondor"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "state=success" in out, out[-6000:]
+    dags = on_site(site_info, f"ls {site_info['remote_root']}/job_logs/{version}/FP/RG*/*/*.dag").stdout.split()
+    assert len(dags) == 2  # one DAGMan DAG per RG step

@@ -109,39 +109,62 @@ def test_rg_campaign_on_the_embedded_local_site(airflow_home, tmp_path):
     assert (tmp_path / "site/job_outputs/loc/FP/hist/sym_z/sym_z_hist_RG2.npz").stat().st_size > 0
 
 
-def test_task_killed_after_submit_reattaches_instead_of_resubmitting(site_info, airflow_home, slurm_conn):
+def _dagman_jobs(info, key: str) -> list[str]:
+    c = shlex.quote(f'JobBatchName == "{key}" && JobUniverse == 7')
+    r = on_site(info, f"condor_q -constraint {c} -af ClusterId; condor_history -constraint {c} -af ClusterId")
+    return sorted(set(r.stdout.split()))
+
+
+def _live(info, scheduler: str, key: str) -> list[str]:
+    if scheduler == "slurm":
+        return _squeue_named(info, key)
+    c = shlex.quote(f'JobBatchName == "{key}"')
+    return on_site(info, f"condor_q -constraint {c} -af ClusterId").stdout.split()
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
+def test_task_killed_after_submit_reattaches_instead_of_resubmitting(site_info, airflow_home, scheduler,
+                                                                      condor_pool):
+    conn = site_conn(site_info, scheduler)
+    task = "deferred" if scheduler == "slurm" else "deferred_any"
     tag = f"re{uuid.uuid4().hex[:6]}"
     run_id = f"reattach_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 4}, slurm_site=slurm_conn)
-    p = _task(airflow_home, "deferred", run_id, slurm_site=slurm_conn)
+    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 4, "site": "the_site"}, the_site=conn)
+    p = _task(airflow_home, task, run_id, the_site=conn)
     key = _wait_for_record(site_info, tag)
     os.killpg(p.pid, signal.SIGKILL)  # before anything reached XCom
     p.wait()
-    assert len(_jobs_named(site_info, key)) == 2  # the array and its afterok fan-in
+    count = (lambda: len(_jobs_named(site_info, key))) if scheduler == "slurm" else \
+        (lambda: len(_dagman_jobs(site_info, key)))
+    expected = 2 if scheduler == "slurm" else 1  # array + afterok job / one DAGMan job
+    assert count() == expected
 
-    p2 = _task(airflow_home, "deferred", run_id, slurm_site=slurm_conn)
+    p2 = _task(airflow_home, task, run_id, the_site=conn)
     out, _ = p2.communicate(timeout=300)
-    assert p2.returncode == 0, out[-4000:]
+    assert "Task failed" not in out, out[-4000:]
     # either execute() found the record ("re-attached") or the task resumed its recorded
     # deferral; in both cases the same round is watched and nothing is submitted again
     assert key in out and "submitted round" not in out
-    assert len(_jobs_named(site_info, key)) == 2  # still exactly one array + one fan-in
+    assert count() == expected
 
 
-def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, slurm_conn):
+@pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
+def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, scheduler, condor_pool):
+    conn = site_conn(site_info, scheduler)
     tag = f"kill{uuid.uuid4().hex[:6]}"
     run_id = f"kill_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 120}, slurm_site=slurm_conn)
-    p = _task(airflow_home, "blocking", run_id, slurm_site=slurm_conn)
+    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 100, "site": "the_site"}, the_site=conn)
+    p = _task(airflow_home, "blocking", run_id, the_site=conn)
     key = _wait_for_record(site_info, tag)
     deadline = time.monotonic() + 60
-    while "RUNNING" not in on_site(site_info, f"squeue -h -n {key} -o %T").stdout:
-        assert time.monotonic() < deadline, "jobs never started"
+    while not _live(site_info, scheduler, key):
+        assert time.monotonic() < deadline, "jobs never appeared"
         time.sleep(0.5)
+    time.sleep(3)  # let the node / array jobs start
     os.kill(p.pid, signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     deadline = time.monotonic() + 30
-    while _squeue_named(site_info, key):
+    while _live(site_info, scheduler, key):
         assert time.monotonic() < deadline, f"jobs still queued after on_kill:\n{out[-3000:]}"
         time.sleep(0.5)
     assert "cancelled" in out
