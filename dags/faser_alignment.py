@@ -57,6 +57,22 @@ def faser_alignment():
 
         p = parse_params(_params())
         cfg = load_site_config(p.site_conn_id)
+        if p.cfg.uses_calypso:
+            # the real chain needs its env script and installs on the site: check before submitting
+            from batchsite.campaign.common import CampaignConfigError
+            from batchsite.campaign.faser import missing_site_paths
+            from batchsite.hooks.site import site_from_config
+
+            site = site_from_config(cfg)
+            try:
+                paths = p.cfg.paths
+                r = site.transport.sh('for f; do [ -e "$f" ] && printf "%s\\n" "$f"; done; true',
+                                      *[x for x in (paths.env_script, paths.calypso_install, paths.pede_install)])
+            finally:
+                site.close()
+            missing = missing_site_paths(p, set(r.out.splitlines()))
+            if missing:
+                raise CampaignConfigError("config.json: " + "; ".join(missing))
         n = len(p.file_numbers)
         print(f"FASER alignment Y{p.year} R{p.run} files {p.files} -> {n} raw files "
               f"({p.file_numbers[0]}..{p.file_numbers[-1]}, end exclusive), up to {p.iterations} iterations, "

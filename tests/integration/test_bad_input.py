@@ -48,3 +48,32 @@ def test_bad_params_fail_before_anything_remote(site_info, airflow_home, overrid
     assert on_site(site_info, f"test -e {site_info['remote_root']}/job_outputs/{version}").returncode != 0
     assert on_site(site_info, f"test -e {site_info['remote_root']}/job_logs/{version}").returncode != 0
     assert on_site(site_info, "squeue -h -o %i | wc -l").stdout.strip() == before
+
+
+def test_faser_missing_env_script_is_refused_before_submitting(site_info, airflow_home):
+    work = f"{site_info['remote_root']}/faser-bad-{uuid.uuid4().hex[:6]}"
+    conf = {"site_conn_id": "slurm_site", "files": "400-402", "iterations": 2,
+            "config": {"paths": {"work_dir": work, "env_script": "/nonexistent/reco_condor_env.sh",
+                                 "calypso_install": "/nonexistent/calypso", "pede_install": "/nonexistent/pede"}}}
+    r = dags_test(airflow_home, "faser_alignment", conf, timeout=300, slurm_site=site_conn(site_info))
+    out = r.stdout + r.stderr
+    assert "state=success" not in out
+    assert "paths.env_script='/nonexistent/reco_condor_env.sh' does not exist on the site" in out
+    assert on_site(site_info, f"test -e {work}").returncode != 0  # nothing written remotely
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"files": "450-400"}, "files"),
+    ({"run": "11a05"}, "run"),
+    ({"fourst": True, "threest": True}, "fourst and threest are exclusive"),
+    ({"config": {"htcondor": {"job_flavor": "espresso"}}}, "htcondor.job_flavor"),
+])
+def test_faser_bad_params_fail_before_anything_remote(site_info, airflow_home, override, needle):
+    work = f"{site_info['remote_root']}/faser-bad-{uuid.uuid4().hex[:6]}"
+    conf = {"site_conn_id": "slurm_site", "files": "400-402", "iterations": 2,
+            "config": {"paths": {"work_dir": work}}}
+    conf.update(override)
+    r = dags_test(airflow_home, "faser_alignment", conf, timeout=300, slurm_site=site_conn(site_info))
+    out = r.stdout + r.stderr
+    assert "state=success" not in out and needle in out
+    assert on_site(site_info, f"test -e {work}").returncode != 0

@@ -287,3 +287,11 @@ def replan(p: FaserParams, results: list[dict[str, Any]]) -> tuple[list[dict[str
         return [], f"iter{it:02d}: {p.iterations} iterations done (largest relative change {change})"
     nxt = {"iteration": it + 1, "files": p.file_numbers, "history": history}
     return [nxt], f"iter{it:02d}: largest relative change {change:.2e} >= {p.tolerance:.2e}: next iteration"
+
+
+def missing_site_paths(p: FaserParams, exists: set[str]) -> list[str]:
+    """The config keys whose paths the site does not have (``exists``: paths found there)."""
+    paths = p.cfg.paths
+    wanted = {"paths.env_script": paths.env_script, "paths.calypso_install": paths.calypso_install,
+              "paths.pede_install": paths.pede_install}
+    return [f"{k}={v!r} does not exist on the site" for k, v in wanted.items() if v and v not in exists]
