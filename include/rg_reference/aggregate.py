@@ -38,61 +38,26 @@ import sys
 
 import numpy as np
 
+from ._cli import EXIT_BAD_INPUT, EXIT_IO, EXIT_OK, ArgumentParser, finite_float, nonneg_int, pos_float, pos_int  # noqa: F401
 from .rg_unit import hist_distance, t_to_z  # noqa: F401  (hist_distance re-exported)
 
-EXIT_OK = 0
-EXIT_IO = 1
-EXIT_BAD_INPUT = 2
 EXIT_MISSING = 3
 
 __all__ = ["hist_distance", "main", "check_batches", "aggregate"]
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, "%s: error: %s\n" % (self.prog, message))
-
-
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a non-negative integer, got %r" % text) from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("expected a non-negative integer, got %d" % v)
-    return v
-
-
-def _pos_int(text):
-    v = _nonneg_int(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError("expected a positive integer, got 0")
-    return v
-
-
-def _pos_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a number, got %r" % text) from None
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError("expected a finite positive number, got %r" % text)
-    return v
-
-
 def build_parser():
-    p = _ArgumentParser(
+    p = ArgumentParser(
         prog="python -m source.aggregate",
         description="Aggregate the batches of one RG step into t, z (and symmetric z) histograms.",
     )
     p.add_argument("--in-dir", required=True, help="step directory holding batch_000 .. batch_{NB-1}")
     p.add_argument("--out-dir", required=True, help="campaign output root (hist/ and stats/ below it)")
-    p.add_argument("--step", required=True, type=_nonneg_int, help="RG step K")
-    p.add_argument("--batches", required=True, type=_pos_int, help="number NB of batches expected")
+    p.add_argument("--step", required=True, type=nonneg_int, help="RG step K")
+    p.add_argument("--batches", required=True, type=pos_int, help="number NB of batches expected")
     p.add_argument("--type", required=True, choices=("FP", "EXP"), help="FP (fixed point) or EXP (exponent) run")
-    p.add_argument("--bins", default=1000, type=_pos_int, help="number of histogram bins (default 1000)")
-    p.add_argument("--zrange", default=25.0, type=_pos_float, help="z histogram range [-Z, Z] (default 25)")
+    p.add_argument("--bins", default=1000, type=pos_int, help="number of histogram bins (default 1000)")
+    p.add_argument("--zrange", default=25.0, type=pos_float, help="z histogram range [-Z, Z] (default 25)")
     return p
 
 

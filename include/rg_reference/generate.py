@@ -38,6 +38,7 @@ import sys
 
 import numpy as np
 
+from ._cli import EXIT_BAD_INPUT, EXIT_IO, EXIT_OK, ArgumentParser, finite_float, nonneg_int, pos_float, pos_int  # noqa: F401
 from .rg_unit import (
     INITIAL_KINDS,
     initial_z,
@@ -52,56 +53,18 @@ from .rg_unit import (
 #: the random stream definition: changing it changes the output.
 CHUNK = 1 << 18
 
-EXIT_OK = 0
-EXIT_IO = 1
-EXIT_BAD_INPUT = 2
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, "%s: error: %s\n" % (self.prog, message))
-
-
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a non-negative integer, got %r" % text) from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("expected a non-negative integer, got %d" % v)
-    return v
-
-
-def _pos_int(text):
-    v = _nonneg_int(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError("expected a positive integer, got 0")
-    return v
-
-
-def _finite_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a number, got %r" % text) from None
-    if not np.isfinite(v):
-        raise argparse.ArgumentTypeError("expected a finite number, got %r" % text)
-    return v
-
-
 def build_parser():
-    p = _ArgumentParser(
+    p = ArgumentParser(
         prog="python -m source.generate",
         description="Generate one batch of RG-step samples t' of the Chalker-Coddington RG unit.",
     )
     p.add_argument("--out-dir", required=True, help="step directory; output goes to OUT_DIR/batch_BBB/")
-    p.add_argument("--step", required=True, type=_nonneg_int, help="RG step K (0 = starting distribution)")
-    p.add_argument("--batch", required=True, type=_nonneg_int, help="batch index B (directory batch_{B:03d})")
-    p.add_argument("--samples", required=True, type=_pos_int, help="number N of output values t'")
-    p.add_argument("--seed", required=True, type=_nonneg_int, help="campaign seed S")
+    p.add_argument("--step", required=True, type=nonneg_int, help="RG step K (0 = starting distribution)")
+    p.add_argument("--batch", required=True, type=nonneg_int, help="batch index B (directory batch_{B:03d})")
+    p.add_argument("--samples", required=True, type=pos_int, help="number N of output values t'")
+    p.add_argument("--seed", required=True, type=nonneg_int, help="campaign seed S")
     p.add_argument("--input-hist", default=None, help="z histogram .npz (keys histval, binedges) of the previous step")
-    p.add_argument("--shift", default=0.0, type=_finite_float, help="shift X added to sampled z (EXP runs)")
+    p.add_argument("--shift", default=0.0, type=finite_float, help="shift X added to sampled z (EXP runs)")
     p.add_argument(
         "--init",
         default="uniform_g",
