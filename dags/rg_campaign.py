@@ -79,9 +79,25 @@ def rg_campaign():
 
     @task
     def first_round(setup: dict) -> list[dict]:
-        from batchsite.campaign.rg import initial_partitions, parse_params
+        from batchsite.campaign.common import CampaignConfigError
+        from batchsite.campaign.rg import initial_partitions, latest_fp_step, parse_params
+        from batchsite.hooks.site import site_from_conn_id
 
-        return initial_partitions(parse_params(setup["params"]), fp_step=None)
+        p = parse_params(setup["params"])
+        fp_step = None
+        if p.type == "EXP":
+            # EXP starts from the last fixed-point histogram of the FP run it names
+            site = site_from_conn_id(p.site_conn_id)
+            try:
+                fp_step = latest_fp_step(site.transport, setup["remote_root"], p)
+            finally:
+                site.close()
+            if fp_step is None:
+                raise CampaignConfigError(
+                    f"fp_version={p.fp_version or p.version!r}: no FP histogram on the site to start EXP from; "
+                    "run the FP campaign first or name its version in fp_version")
+            print(f"EXP shifts {p.shifts} start from FP {p.fp_version or p.version} RG step {fp_step}")
+        return initial_partitions(p, fp_step=fp_step)
 
     def prepare(partition: dict, setup: dict) -> dict:
         from batchsite.campaign.rg import parse_params, round_def

@@ -96,17 +96,26 @@ def test_rg_campaign_end_to_end_on_slurm_over_ssh(site_info, airflow_home, slurm
     assert len(keys) == 1 and len(_jobs_named(site_info, keys[0])) == 2
 
 
-def test_rg_campaign_on_the_embedded_local_site(airflow_home, tmp_path):
-    os.environ["BATCHSITE_LOCAL_ROOT"] = str(tmp_path / "site")
-    try:
-        conf = {"site_conn_id": "local", "version": "loc", "steps": 2, "samples": 8000, "batches": 4,
-                "throttle": 2}
-        r = dags_test(airflow_home, "rg_campaign", conf)
-    finally:
-        del os.environ["BATCHSITE_LOCAL_ROOT"]
+def test_rg_campaign_on_the_embedded_local_site_fp_then_exp(airflow_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHSITE_LOCAL_ROOT", str(tmp_path / "site"))
+    conf = {"site_conn_id": "local", "version": "loc", "steps": 2, "samples": 8000, "batches": 4, "throttle": 2}
+    r = dags_test(airflow_home, "rg_campaign", conf)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "state=success" in out, out[-5000:]
     assert (tmp_path / "site/job_outputs/loc/FP/hist/sym_z/sym_z_hist_RG2.npz").stat().st_size > 0
+    # EXP: the shifts run as parallel partitions, seeded from the FP run's last histogram
+    exp = {**conf, "type": "EXP", "version": "locexp", "fp_version": "loc", "shifts": [0.2, 0.4]}
+    r = dags_test(airflow_home, "rg_campaign", exp)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "state=success" in out, out[-5000:]
+    assert "start from FP loc RG step 2" in out
+    means = {}
+    for s in (0, 1):
+        rows = [json.loads((tmp_path / f"site/job_outputs/locexp/EXP/shift{s}/stats/DONE_RG{k}.json").read_text())
+                for k in (1, 2)]
+        means[s] = [row["z_mean"] for row in rows]
+    # a shifted distribution flows away from the fixed point, the larger shift further
+    assert 0 < means[0][0] < means[0][1] and 0 < means[1][0] < means[1][1] and means[1][1] > means[0][1]
 
 
 def _dagman_jobs(info, key: str) -> list[str]:

@@ -141,6 +141,14 @@ def fp_seed_hist(root: str, p: RGParams, fp_step: int) -> str:
     return f"{root}/job_outputs/{p.fp_version or p.version}/FP/hist/sym_z/sym_z_hist_RG{fp_step}.npz"
 
 
+def latest_fp_step(transport, root: str, p: RGParams) -> int | None:
+    """The last RG step whose symmetrised FP histogram exists on the site (one command)."""
+    d = f"{root}/job_outputs/{p.fp_version or p.version}/FP/hist/sym_z"
+    r = transport.sh('for f in "$1"/sym_z_hist_RG*.npz; do [ -f "$f" ] && basename "$f"; done; true', d)
+    steps = [int(n[len("sym_z_hist_RG"):-4]) for n in r.out.split() if n[len("sym_z_hist_RG"):-4].isdigit()]
+    return max(steps) if steps else None
+
+
 # ---------------------------------------------------------------------------- rounds
 
 def initial_partitions(p: RGParams, fp_step: int | None = None) -> list[dict[str, Any]]:
