@@ -221,44 +221,6 @@ def test_submit_conf_refuses_what_the_dag_refuses():
         cli.faser_conf_from_args(_args("-y", "2023", "-r", "1", "-f", "1", "--fourst", "--threest"))
 
 
-def test_submit_triggers_the_dag_through_this_environments_airflow(tmp_path, capsys, monkeypatch):
-    """The subprocess is faked: only the command line and the handling of its output are tested."""
-    fake = tmp_path / "airflow"
-    fake.write_text("#!/bin/sh\nexit 0\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr(cli, "_airflow_cli", lambda: fake)
-    calls = []
-
-    def run(argv, **kw):
-        calls.append(argv)
-        return subprocess.CompletedProcess(argv, 0, 'some log line\n[{"dag_id": "faser_alignment", '
-                                                    '"dag_run_id": "manual__2026-01-02T03:04:05+00:00"}]\n', "")
-
-    monkeypatch.setattr(cli.subprocess, "run", run)
-    out_dir = tmp_path / "out"
-    rc = cli.main([*BASE, "-f", "400-450", "--submit", "--out", str(out_dir)])
-    out = capsys.readouterr().out
-    assert rc == 0
-    (argv,) = calls
-    assert argv[:5] == [str(fake), "dags", "trigger", "faser_alignment", "-c"]
-    assert json.loads(argv[5])["files"] == "400-450"
-    assert "run id manual__2026-01-02T03:04:05+00:00" in out
-    assert "50 raw files" in out
-    assert not out_dir.exists()  # a submission renders nothing locally
-
-
-def test_submit_exit_code_is_the_triggers(tmp_path, capsys, monkeypatch):
-    fake = tmp_path / "airflow"
-    fake.write_text("#!/bin/sh\nexit 0\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr(cli, "_airflow_cli", lambda: fake)
-    monkeypatch.setattr(cli.subprocess, "run",
-                        lambda argv, **kw: subprocess.CompletedProcess(argv, 1, "", "DagNotFound: faser_alignment"))
-    assert cli.main([*BASE, "-f", "400-450", "--submit"]) == 1
-    err = capsys.readouterr().err
-    assert "DagNotFound" in err and "exited 1" in err
-
-
 def test_default_airflow_cli_is_next_to_this_python():
     assert cli._airflow_cli() == Path(sys.executable).parent / "airflow"
 

@@ -14,6 +14,10 @@ from typing import ClassVar
 from batchsite.model import RoundSpec, RoundStatus, Submission
 
 
+class UnsupportedOperation(RuntimeError):
+    """This scheduler cannot do that (e.g. the local runner has no job names to search)."""
+
+
 @dataclass(frozen=True)
 class RenderedRound:
     """Files to create under ``spec.workdir`` (relative path -> text) and the submit script.
@@ -82,12 +86,12 @@ class Backend(abc.ABC):
         None: definitely not submitted. Raises ValueError when the scheduler could not be
         asked, or when the answer is ambiguous (two submissions carry the name, half a
         submission): the caller must not guess."""
-        raise NotImplementedError(f"{self.name}: cannot look for submissions by name")
+        raise UnsupportedOperation(f"{self.name}: cannot look for submissions by name")
 
     def format_submit(self, ids: SubmitIds) -> str:
         """What submit.sh prints for these ids, so ``parse_submit`` reads them back (the
         submission record written for a submission found by ``parse_find``)."""
-        raise NotImplementedError(f"{self.name}: cannot write a record for found ids")
+        raise UnsupportedOperation(f"{self.name}: cannot write a record for found ids")
 
     def diagnose(self, text: str) -> str | None:
         """A hint for a known error in a tool's output (credentials, controller down, bad
