@@ -32,6 +32,11 @@ PARAMS = {
     "tolerance": Param(0.02, type="number", exclusiveMinimum=0, title="Convergence tolerance (L1 of P(z))"),
     "fp_version": Param(None, type=["null", "string"], title="FP version seeding EXP (default: version)"),
     "time_minutes": Param(None, type=["null", "integer"], minimum=1, title="Time limit per job (min)"),
+    "code_dir": Param(None, type=["null", "string"], title="Your own source/ package (local dir)",
+                      description="staged to <remote_root>/code/source instead of the reference payload"),
+    "commands": Param(None, type=["null", "object"], title="Job command templates",
+                      description='{"generate": [...argv...], "aggregate": [...]}; placeholders such as '
+                                  '{python} {batch_root} {out_dir} {step} {batch} {samples} {seed} {input_hist}'),
 }
 
 

@@ -127,3 +127,18 @@ def test_coarsen_keeps_mass_and_reduces_bins():
     v, e = coarsen(vals, edges)
     assert len(v) == 100 and len(e) == 101
     assert np.isclose(np.sum(v * np.diff(e)), np.sum(vals * np.diff(edges)))
+
+
+def test_the_groups_own_cli_can_replace_the_reference_payload():
+    cmds = {"generate": ["{python}", "-m", "source.data_generation", "{samples}", "{batch_root}/batch_{batch}",
+                         "{initial}", "{step}", "{seed}", "{input_hist}"]}
+    p = params(commands=cmds)
+    (part,) = initial_partitions(p)
+    rd = round_def(p, part, remote_root="/r", python="python3")
+    assert rd["units"][2]["argv"] == ["python3", "-m", "source.data_generation", "1000",
+                                      "/r/job_outputs/v1/FP/batches/RG1/batch_2", "1", "1", "1"]
+    rd2 = round_def(p, {**part, "step": 2}, remote_root="/r", python="python3")
+    assert rd2["units"][0]["argv"][-3:] == ["2", "1", "/r/job_outputs/v1/FP/hist/sym_z/sym_z_hist_RG1.npz"]
+    assert rd2["units"][0]["argv"][5] == "0"
+    with pytest.raises(CampaignConfigError, match="unknown command"):
+        params(commands={"generat": ["x"]})

@@ -66,6 +66,18 @@ class RGParams(BaseModel):
     def _token(cls, v, info):
         return v if v is None else check_token(info.field_name, v)
 
+    @field_validator("code_dir")
+    @classmethod
+    def _code_dir(cls, v):
+        import os
+
+        if v is None:
+            return v
+        if not os.path.isabs(v) or not os.path.isfile(os.path.join(v, "__init__.py")):
+            raise ValueError(f"code_dir={v!r} must be the absolute path of a local package directory "
+                             "(with __init__.py), staged as <remote_root>/code/source")
+        return os.path.normpath(v)
+
     @field_validator("shifts")
     @classmethod
     def _shifts(cls, v):
@@ -182,7 +194,8 @@ def round_def(p: RGParams, part: dict[str, Any], *, remote_root: str, python: st
               "samples": part["samples_per_batch"], "input_hist": input_hist,
               "shift": part["shift"] if step == 1 else None,  # shift the FP once, then let it flow
               "type": p.type, "batches": p.batches, "version": p.version,
-              "method": p.method, "remote_root": remote_root}
+              "method": p.method, "remote_root": remote_root,
+              "initial": 1 if input_hist is None else 0}  # the group's data_generation INITIAL flag
     units = [{"index": b, "argv": render_argv(cmds["generate"], {**common, "batch": b})}
              for b in part["batches"]]
     label = f"RG step {step}" + (f" shift {part['shift']}" if si is not None else "")
