@@ -106,3 +106,63 @@ def condor_pool(site_info) -> dict:
         pytest.fail(f"the HTCondor pool (tests/site/site.sh start-condor) could not start:\n{r.stdout[-4000:]}\n"
                     f"{r.stderr[-4000:]}", pytrace=False)
     return json.loads((STATE / "site.json").read_text())
+
+
+# ----------------------------------------------------------------------------- reliability ledger
+# Fault-injection and hostile-input tests record what they tried and counted; the test's own
+# outcome decides "survived". The README "Reliability" table is regenerated at session end.
+_LEDGER_ROWS: list = []
+
+
+@pytest.fixture
+def fault_record(request):
+    """``row = fault_record(2, "slurm")`` at the start of a fault test, then fill in the counts."""
+    from tests.reliability.ledger import FaultRow
+
+    rows = request.node.__dict__.setdefault("_ledger_rows", [])
+
+    def record(fault: int, case: str, **kw) -> FaultRow:
+        row = FaultRow(fault=fault, case=case, test=request.node.nodeid.split("::", 1)[-1], **kw)
+        rows.append(row)
+        return row
+
+    return record
+
+
+@pytest.fixture
+def hostile_record(request):
+    from tests.reliability.ledger import HostileRow
+
+    rows = request.node.__dict__.setdefault("_ledger_rows", [])
+
+    def record(target: str, **kw) -> HostileRow:
+        row = HostileRow(target=target, test=request.node.nodeid.split("::", 1)[-1], **kw)
+        rows.append(row)
+        return row
+
+    return record
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    rows = item.__dict__.get("_ledger_rows")
+    if not rows or rep.when != "call":
+        return
+    from tests.reliability.ledger import FaultRow
+
+    for row in rows:
+        if isinstance(row, FaultRow):
+            row.survived = rep.passed
+        else:
+            row.passed = rep.passed
+    _LEDGER_ROWS.extend(rows)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _LEDGER_ROWS:
+        return
+    from tests.reliability import ledger
+
+    ledger.write_readme(ledger.merge(_LEDGER_ROWS))

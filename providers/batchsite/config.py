@@ -54,6 +54,11 @@ class SiteConfig(BaseModel):
     poll_interval: float = Field(default=10.0, ge=0.2, le=3600)
     outage_grace: float = Field(default=900.0, ge=0, le=7 * 86400)
     vanish_grace: float = Field(default=120.0, ge=0, le=86400)
+    max_backoff: float = Field(default=60.0, ge=1, le=3600)
+    # a status command that hangs (dropped traffic) is abandoned after this and the
+    # connection reopened; condor_q on a busy lxplus schedd can take tens of seconds
+    status_timeout: float = Field(default=120.0, ge=5, le=3600)
+    connect_timeout: float = Field(default=20.0, ge=1, le=600)
     # HTCondor
     schedd: str | None = None
     spool: bool = False

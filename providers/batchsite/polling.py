@@ -67,6 +67,7 @@ class SitePoller:
         outage_grace: float = 900.0,
         vanish_grace: float = 120.0,
         max_backoff: float = 60.0,
+        status_timeout: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.name = name
@@ -76,6 +77,7 @@ class SitePoller:
         self.outage_grace = outage_grace
         self.vanish_grace = vanish_grace
         self.max_backoff = max_backoff
+        self.status_timeout = status_timeout
         self.clock = clock
         self._watches: dict[str, _Watch] = {}
         self._task: asyncio.Task | None = None
@@ -126,7 +128,8 @@ class SitePoller:
                         self.backend.apply_probe(r.out + r.err)
                         self._probed = True
                     self.cycles += 1
-                    r = await self.transport.sh(self.backend.render_status_script(subs), timeout=120)
+                    r = await self.transport.sh(self.backend.render_status_script(subs),
+                                                timeout=self.status_timeout)
                     statuses = self.backend.parse_status(r.out, subs)
                 except HostKeyError as e:
                     self._broadcast(e)

@@ -39,7 +39,8 @@ def transport_for(cfg: SiteConfig) -> Transport:
     if cfg.transport == "ssh":
         from batchsite.transport.ssh import SSHTransport
 
-        return SSHTransport(cfg.conn_id, env_script=cfg.env_script, known_hosts=cfg.known_hosts)
+        return SSHTransport(cfg.conn_id, env_script=cfg.env_script, known_hosts=cfg.known_hosts,
+                            connect_timeout=int(cfg.connect_timeout))
     from batchsite.transport.openssh import OpenSSHTransport
 
     return OpenSSHTransport(_openssh_opts(cfg), env_script=cfg.env_script)
@@ -53,7 +54,8 @@ def async_transport_for(cfg: SiteConfig) -> AsyncTransport:
     if cfg.transport == "ssh":
         from batchsite.transport.ssh import AsyncSSHTransport
 
-        return AsyncSSHTransport(cfg.conn_id, env_script=cfg.env_script, known_hosts=cfg.known_hosts)
+        return AsyncSSHTransport(cfg.conn_id, env_script=cfg.env_script, known_hosts=cfg.known_hosts,
+                                 connect_timeout=cfg.connect_timeout)
     from batchsite.transport.openssh import AsyncOpenSSHTransport
 
     return AsyncOpenSSHTransport(_openssh_opts(cfg), env_script=cfg.env_script)
@@ -68,6 +70,7 @@ def _openssh_opts(cfg: SiteConfig):
         control_path=cfg.control_path or control_path_for(cfg.host or "", user, cfg.port),
         known_hosts=cfg.known_hosts, key_file=cfg.key_file,
         control_persist=cfg.control_persist, no_host_key_check=cfg.no_host_key_check,
+        connect_timeout=cfg.connect_timeout,
     )
 
 

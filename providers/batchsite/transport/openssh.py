@@ -29,12 +29,14 @@ class OpenSSHOptions:
         key_file: str | None = None,
         control_persist: str = "10m",
         no_host_key_check: bool = False,
+        connect_timeout: float = 20.0,
     ):
         self.host, self.user, self.port = host, user, port
         self.control_path = os.path.expanduser(control_path)
         self.known_hosts, self.key_file = known_hosts, key_file
         self.control_persist = control_persist
         self.no_host_key_check = no_host_key_check
+        self.connect_timeout = connect_timeout
 
     def argv(self, line: str) -> list[str]:
         a = [
@@ -44,6 +46,7 @@ class OpenSSHOptions:
             "-o", f"ControlPath={self.control_path}",
             "-o", f"ControlPersist={self.control_persist}",
             "-o", "ServerAliveInterval=30",
+            "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
             "-o", "StrictHostKeyChecking=" + ("no" if self.no_host_key_check else "yes"),
         ]
         if self.known_hosts:

@@ -118,7 +118,9 @@ class SSHTransport(Transport):
                 if chan.closed and not progressed:
                     break
                 if deadline is not None and time.monotonic() > deadline:
+                    # a silent connection (dropped traffic) would hang the next command too
                     chan.close()
+                    self.close()
                     raise TransportError(f"remote command timed out after {timeout}s")
                 if not progressed:
                     time.sleep(0.005)
@@ -144,7 +146,8 @@ class SSHTransport(Transport):
 class AsyncSSHTransport(AsyncTransport):
     kind = "ssh"
 
-    def __init__(self, ssh_conn_id: str, *, env_script: str | None = None, known_hosts: str | None = None):
+    def __init__(self, ssh_conn_id: str, *, env_script: str | None = None, known_hosts: str | None = None,
+                 connect_timeout: float = 20.0):
         super().__init__(env_script)
         import logging
 
@@ -156,16 +159,22 @@ class AsyncSSHTransport(AsyncTransport):
         self.hook = SSHHookAsync(ssh_conn_id=ssh_conn_id, **kw)
         self.ssh_conn_id = ssh_conn_id
         self.known_hosts = known_hosts
+        self.connect_timeout = connect_timeout
         self._conn = None
 
     async def _connect(self):
+        import asyncio
+
         import asyncssh
 
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         self._conn = None
         try:
-            conn = await self.hook.get_conn()
+            # SSHHookAsync sets no connect timeout: with dropped traffic a SYN waits ~2 min
+            conn = await asyncio.wait_for(self.hook.get_conn(), self.connect_timeout)
+        except asyncio.TimeoutError as e:
+            raise TransportError(f"ssh ({self.ssh_conn_id}): no answer within {self.connect_timeout:.0f}s") from e
         except asyncssh.HostKeyNotVerifiable as e:
             raise HostKeyError(host_key_help(str(self.hook.host or self.ssh_conn_id), 0, self.known_hosts)) from e
         except (OSError, asyncssh.Error) as e:
@@ -182,7 +191,9 @@ class AsyncSSHTransport(AsyncTransport):
         conn = await self._connect()
         try:
             r = await conn.run(line, input=stdin or b"", encoding=None, check=False, timeout=timeout)
-        except asyncssh.TimeoutError as e:
+        except (asyncssh.TimeoutError, asyncio.TimeoutError) as e:
+            # the connection may be silently dead (dropped traffic): open a new one next time
+            await self.close()
             raise TransportError(f"remote command timed out after {timeout}s") from e
         except (OSError, asyncssh.Error, asyncio.IncompleteReadError) as e:
             self._conn = None

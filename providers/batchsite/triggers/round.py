@@ -28,6 +28,7 @@ def _make_poller(cfg: SiteConfig) -> SitePoller:
     return SitePoller(
         cfg.conn_id, async_transport_for(cfg), get_backend(cfg.scheduler),
         interval=cfg.poll_interval, outage_grace=cfg.outage_grace, vanish_grace=cfg.vanish_grace,
+        max_backoff=cfg.max_backoff, status_timeout=cfg.status_timeout,
     )
 
 
