@@ -42,6 +42,13 @@ def batchsite_test_jobs():
                        workdir="test/{{ params.tag }}", job_resources={"job_flavour": "espresso"},
                        rescue={"auto_below": 0.5, "review_below": 0.9, "max_rescues": 1})
 
+    # Slurm: unit 0 sleeps past its 1-minute --time on the first try -> TIMEOUT -> rescue with 2 min
+    slow_slurm = "echo run >> runs_$0.log; if [ -e ok_$0 ]; then exit 0; fi; if [ $0 = 0 ]; then touch ok_0; sleep 150; fi"
+    BatchRoundOperator(task_id="slow_slurm", site_conn_id="{{ params.site }}",
+                       units=[["sh", "-c", slow_slurm, str(i)] for i in range(3)], fanin=["true"],
+                       workdir="test/{{ params.tag }}", job_resources={"time_minutes": 1},
+                       rescue={"auto_below": 0.5, "review_below": 0.9, "max_rescues": 1})
+
     # a node the test holds with condor_hold: HoldReason in the log, released after 2 s
     BatchRoundOperator(task_id="holdme", site_conn_id="{{ params.site }}",
                        units=[["sh", "-c", "sleep 6"]], fanin=["true"], workdir="test/{{ params.tag }}",
