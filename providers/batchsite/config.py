@@ -34,6 +34,9 @@ class SiteConfig(BaseModel):
     remote_root: str
     env_script: str | None = None
     python: str = "python3"
+    #: path (on the Airflow side) of an X509 proxy; copied 0600 to
+    #: <remote_root>/.batchsite/credentials/ before each submission, X509_USER_PROXY in every job
+    x509_proxy: str | None = None
     # connection facts (not secrets) the openssh transport and the logs need
     host: str | None = None
     port: int = 22
@@ -76,6 +79,18 @@ class SiteConfig(BaseModel):
             raise ValueError(f"{info.field_name} must not contain newlines or NUL")
         return v.rstrip("/") or "/"
 
+    @field_validator("x509_proxy")
+    @classmethod
+    def _local_path(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not isinstance(v, str) or not v.strip() or any(c in v for c in "\n\x00"):
+            raise ValueError("x509_proxy must be the path of the proxy file on the Airflow side, e.g. /tmp/x509up_u1000")
+        p = os.path.expanduser(v)
+        if not os.path.isabs(p):
+            raise ValueError(f"x509_proxy={v!r} must be an absolute path on the Airflow side (or start with ~)")
+        return p
+
     @model_validator(mode="after")
     def _needs_host(self) -> SiteConfig:
         if self.transport in ("ssh", "openssh") and not self.host:
@@ -89,7 +104,8 @@ class SiteConfig(BaseModel):
         )
 
     def public_dict(self) -> dict[str, Any]:
-        """What may be stored in a trigger row or XCom: no secrets are ever in this model."""
+        """What may be stored in a trigger row or XCom: no secrets are ever in this model
+        (``x509_proxy`` is a path; its content is read only when a round is submitted)."""
         return self.model_dump(mode="json")
 
 

@@ -29,19 +29,33 @@ a second runner impossible), 75 is an error that says what to check.
 
 ``Site.resubmit`` (DAGMan rescue, Slurm repair) keeps the record as ``submitted.<n>`` and
 runs the same flow again.
+
+Credentials (the connection's ``x509_proxy`` extra) ride in the same command, before step 1
+(a re-attached round's jobs get a renewed proxy too): the script gets the site copy's path
+and the sha256 of the local proxy; when the copy on the site has another content it exits
+77 (``CRED_STALE``) before touching anything, and ``Site.submit`` runs it once more with the
+content as the first line of stdin (base64; never in argv, which ``ps`` shows to everyone).
+The copy is written with umask 077 under a temp name in a 0700 directory, checked against
+the hash, then renamed: no window with wider permissions, no partial file under the final
+name. An unchanged proxy is never sent again. Failures exit 78 (``CRED_FAILED``).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import os
 import posixpath
+import re
+import stat
 import tarfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from batchsite.backends.base import Backend, RenderedRound
-from batchsite.backends.common import RECORD_DIR
+from batchsite.backends.common import CREDENTIALS_DIR, RECORD_DIR, with_x509_proxy
 from batchsite.model import CommandResult, RoundSpec, RoundStatus, Submission
 from batchsite.transport.base import RemoteCommandError, Transport
 
@@ -51,6 +65,12 @@ LOCK_STALE = 75
 LOCK_FAILED = 76
 #: submitted, but the record could not be written (the ids are in the error text)
 RECORD_WRITE_FAILED = 74
+#: the site's copy of a credential differs from the hash given (send the content); the
+#: credential could not be installed
+CRED_STALE = 77
+CRED_FAILED = 78
+#: larger than any X509 proxy (a few kB): a wrong path (a whole directory tarred...) is refused
+MAX_CREDENTIAL_BYTES = 1 << 20
 
 #: shared by the snippets below; $meta is <workdir>/.batchsite
 _META_FNS = r"""
@@ -75,11 +95,44 @@ bs_mutex() {  # serialises the snippets that remove a lock or a record (not the 
 }
 """
 
+#: $5 credential path ('' = none), $6 its sha256, $7 1 when stdin starts with its content as
+#: one base64 line. Runs in a subshell with umask 077; the content is never echoed.
+_CREDENTIAL = r"""
+cred=${5:-}; cred_sha=${6:-}; cred_sent=${7:-0}
+if [ -n "$cred" ]; then
+  (
+    t=; trap 'rm -f "$t"' EXIT
+    bs_cred_fail() { cat >/dev/null; echo "batchsite: credential $cred: $1" >&2; exit 78; }
+    d=${cred%/*}
+    { [ -L "$d" ] || [ -L "$cred" ]; } && bs_cred_fail "$d or the file is a symbolic link; refusing to write a credential through it"
+    [ -d "$cred" ] && bs_cred_fail "is a directory"
+    mkdir -p "${d%/*}" || bs_cred_fail "cannot create ${d%/*}"
+    umask 077
+    mkdir -p "$d" || bs_cred_fail "cannot create $d"
+    chmod 700 "$d" || bs_cred_fail "cannot make $d private (chmod 700; owned by another user?)"
+    cur=; [ -f "$cred" ] && cur=$(sha256sum < "$cred" 2>/dev/null); cur=${cur%% *}
+    if [ "$cred_sent" = 1 ]; then
+      IFS= read -r b64 || bs_cred_fail "its content did not arrive"
+      if [ "$cur" != "$cred_sha" ]; then
+        t=$(mktemp "$d/.incoming.XXXXXX") || bs_cred_fail "mktemp failed in $d (disk full?)"
+        printf '%s\n' "$b64" | base64 -d > "$t" || bs_cred_fail "could not write it (disk full? base64 missing?)"
+        got=$(sha256sum < "$t"); [ "${got%% *}" = "$cred_sha" ] || bs_cred_fail "checksum mismatch after transfer"
+        chmod 600 "$t" && mv -fT "$t" "$cred" || bs_cred_fail "could not rename it into place"
+        t=
+      fi
+    elif [ "$cur" != "$cred_sha" ]; then
+      cat >/dev/null; echo "@@CRED_STALE"; exit 77
+    fi
+    chmod 600 "$cred" || bs_cred_fail "cannot chmod 600 (owned by another user?)"
+  ) || exit $?
+fi
+"""
+
 _SUBMIT_ONCE = r"""
 set -u
 trap '' HUP PIPE
 wd=$1; hash=$2; key=$3; wait_s=$4; meta="$wd/.batchsite"; rec="$meta/submitted"
-""" + _META_FNS + r"""
+""" + _META_FNS + _CREDENTIAL + r"""
 mkdir -p "$meta" || exit 70
 if [ -s "$rec" ]; then echo "@@ADOPT"; cat "$rec"; cat >/dev/null; exit 0; fi
 if ! mkdir "$meta/lock" 2>/dev/null; then
@@ -111,7 +164,7 @@ if [ $rc -ne 0 ]; then
   cat "$meta/failed.tmp.$$" >> "$meta/failed.log"
   mv -f "$meta/failed.tmp.$$" "$meta/failed"
   echo "batchsite: submit.sh exited $rc" >&2; cat "$meta/submit.err" >&2; printf '%s\n' "$out" >&2
-  case $rc in 74|75|76) rc=1 ;; esac  # ours
+  case $rc in 74|75|76|77|78) rc=1 ;; esac  # ours
   exit $rc
 fi
 if ! { printf '%s\n%s\n%s\n' "$hash" "$(date +%s)" "$out" > "$rec.tmp.$$" && mv -f "$rec.tmp.$$" "$rec"; }; then
@@ -180,6 +233,54 @@ echo "@@MOVED $n"
 """
 
 
+class CredentialError(ValueError):
+    """A credential named by the site connection (``x509_proxy``) cannot be used."""
+
+
+@dataclass(frozen=True)
+class _Credential:
+    remote_path: str
+    sha256: str
+    data: bytes
+
+    def __repr__(self) -> str:  # never the content, whatever prints this
+        return f"_Credential({self.remote_path!r}, sha256={self.sha256[:12]}...)"
+
+
+def read_x509_proxy(path: str, conn_id: str) -> bytes:
+    """The proxy's content, after the checks a grid tool would make; errors name the extra."""
+    where = f"site connection {conn_id!r}: extra x509_proxy={path!r}"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise CredentialError(f"{where}: no such file. Create the proxy first (e.g. voms-proxy-init) "
+                              "or fix the path in the connection's extras") from None
+    except PermissionError:
+        raise CredentialError(f"{where}: not readable by this user (uid {os.getuid()}); "
+                              "the proxy must belong to the user running Airflow tasks") from None
+    except OSError as e:
+        raise CredentialError(f"{where}: cannot open it: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialError(f"{where}: not a regular file")
+        if st.st_mode & 0o077:
+            raise CredentialError(
+                f"{where}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read or change it; "
+                f"run `chmod 600 {path}` (grid tools refuse such proxies too)")
+        if st.st_size == 0 or st.st_size > MAX_CREDENTIAL_BYTES:
+            raise CredentialError(f"{where}: {st.st_size} bytes is not an X509 proxy")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CREDENTIAL_BYTES + 1)
+    except OSError as e:
+        raise CredentialError(f"{where}: cannot read it: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if not data or len(data) > MAX_CREDENTIAL_BYTES:
+        raise CredentialError(f"{where}: {len(data)} bytes is not an X509 proxy")
+    return data
+
+
 class SiteCommandError(RemoteCommandError):
     """A site command failed; the message ends with the backend's hint, if it has one."""
 
@@ -221,7 +322,8 @@ class Site:
     #: how long a submission waits for another submitter's record before giving up (exit 75)
     lock_wait_seconds: int = 60
 
-    def __init__(self, name: str, transport: Transport, backend: Backend, remote_root: str):
+    def __init__(self, name: str, transport: Transport, backend: Backend, remote_root: str, *,
+                 x509_proxy: str | None = None):
         if not remote_root.startswith("/"):
             raise ValueError(
                 f"remote_root={remote_root!r} must be an absolute path on the site (e.g. /home/you/batchsite)"
@@ -230,6 +332,8 @@ class Site:
         self.transport = transport
         self.backend = backend
         self.remote_root = posixpath.normpath(remote_root)
+        #: the connection's ``x509_proxy`` extra: a path on THIS side, read at each submission
+        self.x509_proxy = x509_proxy
         self._probed = False
 
     # ------------------------------------------------------------------ helpers
@@ -238,6 +342,17 @@ class Site:
         if p != self.remote_root and not p.startswith(self.remote_root + "/"):
             raise ValueError(f"path {'/'.join(parts)!r} escapes remote_root {self.remote_root}")
         return p
+
+    def x509_proxy_path(self) -> str:
+        """Where the site's copy of the proxy lives (one per connection under remote_root)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.name) or "site"
+        return self.path(CREDENTIALS_DIR, f"x509up.{safe}")
+
+    def _credential(self) -> _Credential | None:
+        if not self.x509_proxy:
+            return None
+        data = read_x509_proxy(self.x509_proxy, self.name)
+        return _Credential(self.x509_proxy_path(), hashlib.sha256(data).hexdigest(), data)
 
     def probe(self) -> None:
         if self._probed:
@@ -255,32 +370,51 @@ class Site:
 
     # ------------------------------------------------------------------ submit / re-attach
     def submit(self, spec: RoundSpec) -> Submission:
-        """Submit the round unless this key was submitted before; then adopt that submission."""
+        """Submit the round unless this key was submitted before; then adopt that submission.
+
+        With ``x509_proxy`` set, the proxy is read (and checked) here, before anything is
+        sent, installed on the site by the same command, and the jobs get X509_USER_PROXY."""
+        cred = self._credential()
+        if cred is not None:
+            spec = with_x509_proxy(spec, cred.remote_path)
         rendered = self.backend.render_round(spec)
         files = dict(rendered.files)
         files["submit.sh"] = rendered.submit_script
         digest = script_hash(rendered)
         payload = tar_files(files, rendered.executable)
         what = f"submitting {spec.label} on site {self.name}"
-        r = self._submit_once(spec, digest, payload)
+        r = self._submit_once(spec, digest, payload, cred)
         if r.returncode in (LOCK_STALE, LOCK_FAILED):
             found = self._recover(spec, digest, r, what)
             if found is not None:
                 return found
-            r = self._submit_once(spec, digest, payload)
+            r = self._submit_once(spec, digest, payload, cred)
             if r.returncode in (LOCK_STALE, LOCK_FAILED):
                 raise self._error(r, what, "still locked after one attempt to recover")
         if r.returncode != 0:
             raise self._error(r, what)
         return self._submission_from_record(spec, r.out)
 
-    def _submit_once(self, spec: RoundSpec, digest: str, payload: bytes) -> CommandResult:
+    def _submit_once(self, spec: RoundSpec, digest: str, payload: bytes,
+                     cred: _Credential | None = None) -> CommandResult:
         # mkdir -p of the workdir happens inside the same remote command
         wait = int(self.lock_wait_seconds)
-        return self.transport.sh(
-            _SUBMIT_ONCE, spec.workdir, digest, spec.key, str(wait), stdin=payload, timeout=120 + 3 * wait,
-            what=f"submit {spec.label}",
-        )
+        args = [spec.workdir, digest, spec.key, str(wait)]
+
+        def run(*extra: str, stdin: bytes) -> CommandResult:
+            return self.transport.sh(_SUBMIT_ONCE, *args, *extra, stdin=stdin, timeout=120 + 3 * wait,
+                                     what=f"submit {spec.label}")
+
+        if cred is None:
+            return run(stdin=payload)
+        # the hash only: an unchanged proxy is not sent again
+        r = run(cred.remote_path, cred.sha256, "0", stdin=payload)
+        if r.returncode == CRED_STALE and "@@CRED_STALE" in r.out.splitlines():
+            r = run(cred.remote_path, cred.sha256, "1", stdin=base64.b64encode(cred.data) + b"\n" + payload)
+        if r.returncode in (CRED_STALE, CRED_FAILED):
+            raise self._error(r, f"installing the x509_proxy of site {self.name} as {cred.remote_path} "
+                                 f"before submitting {spec.label}")
+        return r
 
     def _recover(self, spec: RoundSpec, digest: str, r: CommandResult, what: str) -> Submission | None:
         """After exit 75/76: the submission found by name (recorded now), or None once the

@@ -31,16 +31,36 @@ SECTION = "@@BATCHSITE"
 NO_SUCH_UNIT = 97
 #: per workdir: the submission record, its lock and the failure markers (see site.py)
 RECORD_DIR = ".batchsite"
+#: under remote_root: credential files the jobs use (mode 0600 in a 0700 directory, see site.py)
+CREDENTIALS_DIR = f"{RECORD_DIR}/credentials"
+#: the one variable through which jobs find the site's copy of the X509 proxy
+X509_PROXY_ENV = "X509_USER_PROXY"
 
 
 def q(s: str) -> str:
     return shlex.quote(s)
 
 
+def with_x509_proxy(spec: RoundSpec, remote_path: str) -> RoundSpec:
+    """The spec whose jobs get ``X509_USER_PROXY=<remote_path>`` (the site's 0600 copy).
+
+    Environment passthrough is explicit, never blanket: this one variable is added to the
+    round's env, which every backend's unit and fan-in scripts export by name after the
+    site's env_script (so a stale X509_USER_PROXY set there cannot win)."""
+    own = spec.env.get(X509_PROXY_ENV)
+    if own is not None and own != remote_path:
+        raise ValueError(
+            f"the round sets env {X509_PROXY_ENV}={own!r}, but the site connection's x509_proxy extra "
+            f"manages it ({remote_path}); remove {X509_PROXY_ENV} from the round's env")
+    return spec.model_copy(update={"env": {**spec.env, X509_PROXY_ENV: remote_path}})
+
+
 def _prologue(spec: RoundSpec) -> list[str]:
     lines = [f"STATUS_DIR={q(spec.workdir + '/' + STATUS_DIR)}", 'mkdir -p "$STATUS_DIR"']
     if spec.env_script:
         lines.append(f". {q(spec.env_script)}")
+    # explicit passthrough: only these names (values are paths and settings, never secrets:
+    # a credential travels as a 0600 file whose path is exported, e.g. X509_USER_PROXY)
     for k, v in sorted(spec.env.items()):
         lines.append(f"export {k}={q(v)}")
     lines.append(f"cd {q(spec.cwd or spec.workdir)} || exit 96")
