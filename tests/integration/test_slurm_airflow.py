@@ -16,56 +16,14 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import time
 import uuid
 
 import pytest
 
-from ..conftest import REPO, VENV_BIN, airflow_env, dags_test, on_site, site_conn
-
-TEST_DAGS = REPO / "tests" / "dags"
-
-
-def _jobs_named(info, name: str) -> list[str]:
-    """Distinct Slurm jobs (array parents and plain jobs) named ``name``: squeue (live, incl.
-    just-submitted) and sacct (finished) together, since slurmdbd records with a lag."""
-    r = on_site(info, f"squeue -h -a -t all -n {name} -o %F; "
-                      f"sacct -n -P -X --name={name} --starttime=now-1days -o JobID")
-    assert r.returncode == 0, r.stderr
-    return sorted({line.split("_")[0] for line in r.stdout.split() if line.strip()})
-
-
-def _squeue_named(info, name: str) -> list[str]:
-    r = on_site(info, f"squeue -h -n {name} -o %i")
-    return r.stdout.split()
-
-
-def _trigger(home, run_id: str, conf: dict, **conns) -> None:
-    env = airflow_env(home, **conns)
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
-    subprocess.run([str(VENV_BIN / "airflow"), "dags", "reserialize"], env=env, capture_output=True, timeout=300)
-    r = subprocess.run([str(VENV_BIN / "airflow"), "dags", "trigger", "batchsite_test_jobs", "-r", run_id,
-                        "-c", json.dumps(conf)], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-
-
-def _task(home, task_id: str, run_id: str, **conns) -> subprocess.Popen:
-    env = airflow_env(home, **conns)
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
-    return subprocess.Popen([str(VENV_BIN / "airflow"), "tasks", "test", "batchsite_test_jobs", task_id, run_id],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
-def _wait_for_record(info, tag: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = on_site(info, f"ls -d {info['remote_root']}/test/{tag}/*/.batchsite/submitted 2>/dev/null")
-        if r.stdout.strip():
-            return r.stdout.split()[0].split("/")[-3]  # the round key
-        time.sleep(0.2)
-    raise AssertionError(f"no submission record appeared for tag {tag}")
+from ..airflow_runs import (dagman_jobs, live_jobs, slurm_jobs_named, squeue_named, task_process, trigger_run,
+                            wait_for_record)
+from ..conftest import dags_test, on_site, site_conn
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +51,7 @@ def test_rg_campaign_end_to_end_on_slurm_over_ssh(site_info, airflow_home, slurm
             assert on_site(site_info, f"test -s {p}").returncode == 0, p
     # every round ran as ONE array + ONE afterok job, named by its key
     keys = on_site(site_info, f"ls {site_info['remote_root']}/job_logs/{version}/FP/RG1").stdout.split()
-    assert len(keys) == 1 and len(_jobs_named(site_info, keys[0])) == 2
+    assert len(keys) == 1 and len(slurm_jobs_named(site_info, keys[0])) == 2
 
 
 def test_rg_campaign_on_the_embedded_local_site_fp_then_exp(airflow_home, tmp_path, monkeypatch):
@@ -118,68 +76,65 @@ def test_rg_campaign_on_the_embedded_local_site_fp_then_exp(airflow_home, tmp_pa
     assert 0 < means[0][0] < means[0][1] and 0 < means[1][0] < means[1][1] and means[1][1] > means[0][1]
 
 
-def _dagman_jobs(info, key: str) -> list[str]:
-    c = shlex.quote(f'JobBatchName == "{key}" && JobUniverse == 7')
-    r = on_site(info, f"condor_q -constraint {c} -af ClusterId; condor_history -constraint {c} -af ClusterId")
-    return sorted(set(r.stdout.split()))
-
-
-def _live(info, scheduler: str, key: str) -> list[str]:
-    if scheduler == "slurm":
-        return _squeue_named(info, key)
-    c = shlex.quote(f'JobBatchName == "{key}"')
-    return on_site(info, f"condor_q -constraint {c} -af ClusterId").stdout.split()
-
-
 @pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
 def test_task_killed_after_submit_reattaches_instead_of_resubmitting(site_info, airflow_home, scheduler,
-                                                                      condor_pool):
+                                                                      condor_pool, fault_record):
+    row = fault_record(1, scheduler)
     conn = site_conn(site_info, scheduler)
     task = "deferred" if scheduler == "slurm" else "deferred_any"
     tag = f"re{uuid.uuid4().hex[:6]}"
     run_id = f"reattach_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 4, "site": "the_site"}, the_site=conn)
-    p = _task(airflow_home, task, run_id, the_site=conn)
-    key = _wait_for_record(site_info, tag)
+    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 4, "site": "the_site"}, the_site=conn)
+    p = task_process(airflow_home, task, run_id, the_site=conn)
+    key = wait_for_record(site_info, tag)
     os.killpg(p.pid, signal.SIGKILL)  # before anything reached XCom
     p.wait()
-    count = (lambda: len(_jobs_named(site_info, key))) if scheduler == "slurm" else \
-        (lambda: len(_dagman_jobs(site_info, key)))
+    count = (lambda: len(slurm_jobs_named(site_info, key))) if scheduler == "slurm" else \
+        (lambda: len(dagman_jobs(site_info, key)))
     expected = 2 if scheduler == "slurm" else 1  # array + afterok job / one DAGMan job
     assert count() == expected
 
-    p2 = _task(airflow_home, task, run_id, the_site=conn)
+    p2 = task_process(airflow_home, task, run_id, the_site=conn)
     out, _ = p2.communicate(timeout=300)
     assert "Task failed" not in out, out[-4000:]
     # either execute() found the record ("re-attached") or the task resumed its recorded
     # deferral; in both cases the same round is watched and nothing is submitted again
     assert key in out and "submitted round" not in out
-    assert count() == expected
+    n = count()
+    row.double_submissions = n - expected
+    row.jobs_lost = 0 if "Task failed" not in out else None
+    row.measured = f"SIGKILL after the record was written; {n} {'Slurm jobs (array + fan-in)' if scheduler == 'slurm' else 'DAGMan job'} afterwards"
+    assert n == expected
 
 
 @pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
-def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, scheduler, condor_pool):
+def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, scheduler, condor_pool, fault_record):
+    row = fault_record(10, f"{scheduler}, task killed on a worker")
     conn = site_conn(site_info, scheduler)
     tag = f"kill{uuid.uuid4().hex[:6]}"
     run_id = f"kill_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 100, "site": "the_site"}, the_site=conn)
-    p = _task(airflow_home, "blocking", run_id, the_site=conn)
-    key = _wait_for_record(site_info, tag)
+    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 100, "site": "the_site"}, the_site=conn)
+    p = task_process(airflow_home, "blocking", run_id, the_site=conn)
+    key = wait_for_record(site_info, tag)
     deadline = time.monotonic() + 60
-    while not _live(site_info, scheduler, key):
+    while not live_jobs(site_info, scheduler, key):
         assert time.monotonic() < deadline, "jobs never appeared"
         time.sleep(0.5)
     time.sleep(3)  # let the node / array jobs start
+    t0 = time.monotonic()
     os.kill(p.pid, signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     deadline = time.monotonic() + 30
-    while _live(site_info, scheduler, key):
+    while live_jobs(site_info, scheduler, key):
         assert time.monotonic() < deadline, f"jobs still queued after on_kill:\n{out[-3000:]}"
         time.sleep(0.5)
     assert "cancelled" in out
+    row.jobs_lost, row.double_submissions = 0, 0  # cancelling is the intent; nothing was resubmitted
+    row.measured = f"queue empty {time.monotonic() - t0:.1f} s after SIGTERM"
 
 
-def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeypatch):
+def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeypatch, fault_record):
+    row = fault_record(10, "slurm, task cleared while deferred")
     from batchsite.config import site_config_from_connection
     from batchsite.hooks.site import site_from_config
     from batchsite.model import RoundSpec, WorkUnit
@@ -194,20 +149,25 @@ def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeyp
     site = site_from_config(cfg)
     sub = site.submit(spec)
     site.close()
-    assert _squeue_named(site_info, key)
+    assert squeue_named(site_info, key)
     trig = BatchRoundTrigger(cfg.public_dict(), sub.model_dump(mode="json"), "t")
+    t0 = time.monotonic()
     asyncio.run(trig.on_kill())
     deadline = time.monotonic() + 30
-    while _squeue_named(site_info, key):
+    while squeue_named(site_info, key):
         assert time.monotonic() < deadline
         time.sleep(0.5)
+    row.jobs_lost, row.double_submissions = 0, 0
+    row.measured = f"trigger on_kill: queue empty after {time.monotonic() - t0:.1f} s"
 
 
-def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, airflow_home, slurm_conn):
+def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, airflow_home, slurm_conn,
+                                                                   fault_record):
+    row = fault_record(5, "slurm, no rescue: indices reported")
     tag = f"fail{uuid.uuid4().hex[:6]}"
     run_id = f"fail_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "sleep": 1}, slurm_site=slurm_conn)
-    p = _task(airflow_home, "failing", run_id, slurm_site=slurm_conn)
+    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 1}, slurm_site=slurm_conn)
+    p = task_process(airflow_home, "failing", run_id, slurm_site=slurm_conn)
     out, _ = p.communicate(timeout=300)
     assert "Task failed with exception" in out  # `tasks test` exits 0 even then
     assert "2 of 8 units failed: [2, 5]" in out, out[-4000:]
@@ -216,47 +176,60 @@ def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, ai
     assert "cancelled: it could never start (Dependency" in out
     assert f"{site_info['remote_root']}/test/{tag}/" in out  # where the logs are
     key = re.search(r"round (bs-failing-[0-9a-f]+)", out).group(1)
-    assert _squeue_named(site_info, key) == []  # nothing left pending forever
+    assert squeue_named(site_info, key) == []  # nothing left pending forever
+    row.jobs_lost, row.double_submissions = 0, len(slurm_jobs_named(site_info, key)) - 2
+    row.measured = "failure names exactly [2, 5] and the logs dir; never-startable fan-in cancelled"
+    assert row.double_submissions == 0
 
 
 @pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
-def test_rescue_reruns_only_the_failed_units(site_info, airflow_home, scheduler, condor_pool):
+def test_rescue_reruns_only_the_failed_units(site_info, airflow_home, scheduler, condor_pool, fault_record):
+    row = fault_record(5, f"{scheduler}, rescue")
     conn = site_conn(site_info, scheduler)
     tag = f"resc{scheduler[:2]}{uuid.uuid4().hex[:6]}"
     run_id = f"rescue_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
-    p = _task(airflow_home, "flaky", run_id, the_site=conn)
+    trigger_run(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
+    p = task_process(airflow_home, "flaky", run_id, the_site=conn)
     out, _ = p.communicate(timeout=600)
     assert "Task failed" not in out, out[-5000:]
     assert "rescue 1" in out and "rescue round submitted" in out
     key = re.search(r"round (bs-flaky-[0-9a-f]+)", out).group(1)
     wd = f"{site_info['remote_root']}/test/{tag}/{key}"
     runs = on_site(site_info, f"cd {wd} && for i in 0 1 2 3 4 5 6 7; do printf '%s ' $(wc -l < runs_$i.log); done")
-    assert runs.stdout.split() == ["1", "2", "1", "1", "2", "1", "1", "1"], runs.stdout  # only 1 and 4 reran
+    counts = [int(x) for x in runs.stdout.split()]
+    row.double_submissions = sum(max(0, c - (2 if i in (1, 4) else 1)) for i, c in enumerate(counts))
+    row.jobs_lost = sum(1 for c in counts if c == 0)
+    row.measured = f"unit runs {counts}: only 1 and 4 reran; fan-in once"
+    assert counts == [1, 2, 1, 1, 2, 1, 1, 1], runs.stdout  # only 1 and 4 reran
     assert on_site(site_info, f"cat {wd}/fanin_runs.txt").stdout.strip() == "10"  # fan-in ran once, after all
 
 
-def test_time_limit_removal_escalates_the_job_flavour(site_info, airflow_home, condor_pool):
+def test_time_limit_removal_escalates_the_job_flavour(site_info, airflow_home, condor_pool, fault_record):
+    row = fault_record(6, "htcondor, periodic removal")
     conn = site_conn(site_info, "htcondor")
     tag = f"slow{uuid.uuid4().hex[:6]}"
     run_id = f"slow_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
-    p = _task(airflow_home, "slow", run_id, the_site=conn)
+    trigger_run(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
+    p = task_process(airflow_home, "slow", run_id, the_site=conn)
     out, _ = p.communicate(timeout=600)
     assert "Task failed" not in out, out[-5000:]
     assert "hit their time limit: JobFlavour espresso -> microcentury" in out, out[-5000:]
     key = re.search(r"round (bs-slow-[0-9a-f]+)", out).group(1)
     sub = on_site(site_info, f"grep -h JobFlavour {site_info['remote_root']}/test/{tag}/{key}/*.sub")
     assert "microcentury" in sub.stdout  # the rescue round ran with the next flavour
+    row.jobs_lost, row.double_submissions = 0, len(dagman_jobs(site_info, key)) - 1
+    row.measured = "removed at espresso's limit -> rescue with JobFlavour microcentury"
+    assert row.double_submissions == 0
 
 
-def test_held_node_is_reported_and_released(site_info, airflow_home, condor_pool):
+def test_held_node_is_reported_and_released(site_info, airflow_home, condor_pool, fault_record):
+    row = fault_record(7, "htcondor, condor_hold")
     conn = site_conn(site_info, "htcondor")
     tag = f"hold{uuid.uuid4().hex[:6]}"
     run_id = f"hold_{tag}"
-    _trigger(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
-    p = _task(airflow_home, "holdme", run_id, the_site=conn)
-    key = _wait_for_record(site_info, tag)
+    trigger_run(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
+    p = task_process(airflow_home, "holdme", run_id, the_site=conn)
+    key = wait_for_record(site_info, tag)
     node = f'JobBatchName == "{key}" && JobUniverse == 5 && JobStatus == 2'
     deadline = time.monotonic() + 60
     while True:
@@ -270,3 +243,6 @@ def test_held_node_is_reported_and_released(site_info, airflow_home, condor_pool
     assert "Task failed" not in out, out[-5000:]
     assert "HoldReason: via condor_hold (by user bsite)" in out
     assert "released" in out
+    row.jobs_lost, row.double_submissions = 0, len(dagman_jobs(site_info, key)) - 1
+    row.measured = "HoldReason in the task log; released by policy after 2 s; round succeeded"
+    assert row.double_submissions == 0

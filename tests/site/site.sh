@@ -21,6 +21,11 @@
 #   stop-condor              stop the pool (condor_master PID)
 #   restart-sshd | stop-sshd | start-sshd | stop-slurmctld | start-slurmctld
 #                            fault injection for tests
+#   drop-traffic | restore-traffic
+#                            silently DROP every packet to and from the sshd port on loopback
+#                            (nftables table `batchsite_fault`; established connections hang,
+#                            new ones time out) / remove that rule again
+#   kill-schedd              SIGKILL the pool's condor_schedd (condor_master restarts it)
 #
 # Environment:
 #   BATCHSITE_SITE_DIR      state dir            [<repo>/.state/site]
@@ -87,7 +92,7 @@ SITE_JSON=$STATE/site.json
 SITE_ENV=$STATE/site.env
 MODE_FILE=$STATE/mode
 
-BASE_PACKAGES=(openssh-server openssh-client munge slurmctld slurmd slurm-client rsync
+BASE_PACKAGES=(openssh-server openssh-client munge slurmctld slurmd slurm-client nftables rsync
                python3 python3-numpy zstd util-linux)
 ACCT_PACKAGES=(slurmdbd mariadb-server mariadb-client)
 
@@ -702,6 +707,7 @@ cmd_start() {
   CLEAR_SITE_FILES_ON_LAUNCH=1
   if [ "$mode" = accounting ]; then ensure_packages "${BASE_PACKAGES[@]}" "${ACCT_PACKAGES[@]}"
   else ensure_packages "${BASE_PACKAGES[@]}"; fi
+  clear_traffic_drop
   mark packages
   ensure_user; ensure_keys; write_site_env_script
   mark user+keys
@@ -766,11 +772,19 @@ cancel_slurm_jobs() {
   say "cancelled the unfinished Slurm jobs of: $users"
 }
 
+clear_traffic_drop() {  # a fault test that died mid-way must not leave the site unreachable
+  if command -v nft >/dev/null && nft list table inet batchsite_fault >/dev/null 2>&1; then
+    nft delete table inet batchsite_fault && say "removed a leftover traffic drop on port $SSH_PORT"
+  fi
+  return 0
+}
+
 cmd_stop() {
   check_root
   lock_state
   local d
   stop_daemon condor_master
+  clear_traffic_drop
   cancel_slurm_jobs
   for d in slurmd slurmctld slurmdbd mariadb munged sshd; do stop_daemon "$d"; done
   rm -f "$SITE_JSON" "$SITE_ENV"
@@ -1070,6 +1084,27 @@ cmd_fault() {
     restart-sshd) stop_daemon sshd; ensure_user; ensure_keys; ensure_sshd ;;
     stop-slurmctld) stop_daemon slurmctld ;;
     start-slurmctld) alive slurmctld && say "slurmctld: already running (pid $(pid_of slurmctld))" || start_slurmctld ;;
+    drop-traffic)
+      command -v nft >/dev/null || ensure_packages nftables
+      nft delete table inet batchsite_fault 2>/dev/null || true
+      # both directions, so packets of established sessions vanish too (no RST, no FIN)
+      nft -f - <<NFT
+table inet batchsite_fault {
+  chain input { type filter hook input priority -10; policy accept; tcp dport $SSH_PORT drop; tcp sport $SSH_PORT drop; }
+  chain output { type filter hook output priority -10; policy accept; tcp dport $SSH_PORT drop; tcp sport $SSH_PORT drop; }
+}
+NFT
+      say "traffic to and from port $SSH_PORT dropped" ;;
+    restore-traffic)
+      if command -v nft >/dev/null && nft list table inet batchsite_fault >/dev/null 2>&1; then
+        nft delete table inet batchsite_fault
+      fi
+      say "traffic to and from port $SSH_PORT restored" ;;
+    kill-schedd)
+      local pid
+      pid=$(pgrep -u "$SITE_USER" -x condor_schedd) || die "no condor_schedd of $SITE_USER is running"
+      kill -KILL $pid
+      say "condor_schedd: SIGKILL $pid" ;;
   esac
   print_timings
 }
@@ -1086,7 +1121,8 @@ case "${1:-}" in
   env) cmd_env ;;
   start-condor) cmd_start_condor ;;
   stop-condor) cmd_stop_condor ;;
-  restart-sshd|stop-sshd|start-sshd|stop-slurmctld|start-slurmctld) cmd_fault "$1" ;;
+  restart-sshd|stop-sshd|start-sshd|stop-slurmctld|start-slurmctld|drop-traffic|restore-traffic|kill-schedd)
+    cmd_fault "$1" ;;
   -h|--help|help) usage ;;
   *) usage ;;
 esac

@@ -1,0 +1,83 @@
+"""Driving single tasks of the test DAG (tests/dags/batchsite_test_jobs.py) and counting what
+exists on the real site: the shared helpers of the integration and fault-injection tests."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+
+from .conftest import REPO, VENV_BIN, airflow_env, on_site
+
+TEST_DAGS = REPO / "tests" / "dags"
+
+
+def trigger_run(home, run_id: str, conf: dict, **conns) -> None:
+    """A DAG run of batchsite_test_jobs with ``run_id``: its tasks are then run by `tasks test`."""
+    env = airflow_env(home, **conns)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
+    subprocess.run([str(VENV_BIN / "airflow"), "dags", "reserialize"], env=env, capture_output=True, timeout=300)
+    r = subprocess.run([str(VENV_BIN / "airflow"), "dags", "trigger", "batchsite_test_jobs", "-r", run_id,
+                        "-c", json.dumps(conf)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def task_process(home, task_id: str, run_id: str, **conns) -> subprocess.Popen:
+    """`airflow tasks test` of one task in its own process group (so a test can SIGKILL it)."""
+    env = airflow_env(home, **conns)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
+    return subprocess.Popen([str(VENV_BIN / "airflow"), "tasks", "test", "batchsite_test_jobs", task_id, run_id],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wait_for_record(info, tag: str, timeout: float = 120) -> str:
+    """The round key, once the submission record of the round under test/<tag> exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = on_site(info, f"ls -d {info['remote_root']}/test/{tag}/*/.batchsite/submitted 2>/dev/null")
+        if r.stdout.strip():
+            return r.stdout.split()[0].split("/")[-3]
+        time.sleep(0.2)
+    raise AssertionError(f"no submission record appeared for tag {tag}")
+
+
+def slurm_jobs_named(info, name: str) -> list[str]:
+    """Distinct Slurm jobs (array parents and plain jobs) named ``name``: squeue (live, incl.
+    just-submitted) and sacct (finished) together, since slurmdbd records with a lag."""
+    r = on_site(info, f"squeue -h -a -t all -n {name} -o %F; "
+                      f"sacct -n -P -X --name={name} --starttime=now-1days -o JobID")
+    assert r.returncode == 0, r.stderr
+    return sorted({line.split("_")[0] for line in r.stdout.split() if line.strip()})
+
+
+def slurm_states(info, name: str, timeout: float = 60) -> dict[str, str]:
+    """Final accounting state of every array task and job named ``name`` (waits for sacct)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = on_site(info, f"sacct -n -P -X --name={name} --starttime=now-1days -o JobID,State")
+        states = dict(line.split("|", 1) for line in r.stdout.split() if "|" in line)
+        if states and all(s not in ("PENDING", "RUNNING", "REQUEUED") for s in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
+def squeue_named(info, name: str) -> list[str]:
+    return on_site(info, f"squeue -h -n {name} -o %i").stdout.split()
+
+
+def dagman_jobs(info, key: str) -> list[str]:
+    """DAGMan jobs (scheduler universe) of round ``key``, queued or in the history."""
+    c = shlex.quote(f'JobBatchName == "{key}" && JobUniverse == 7')
+    r = on_site(info, f"condor_q -constraint {c} -af ClusterId; condor_history -constraint {c} -af ClusterId")
+    return sorted(set(r.stdout.split()))
+
+
+def live_jobs(info, scheduler: str, key: str) -> list[str]:
+    if scheduler == "slurm":
+        return squeue_named(info, key)
+    c = shlex.quote(f'JobBatchName == "{key}"')
+    return on_site(info, f"condor_q -constraint {c} -af ClusterId").stdout.split()

@@ -1,0 +1,198 @@
+"""Faults while a round is being watched, against the REAL site: sshd killed, all traffic to the
+site dropped, slurmctld stopped, the task process killed while deferred, a Slurm TIMEOUT.
+
+Every test runs real ``airflow tasks test`` processes of tests/dags/batchsite_test_jobs.py (the
+trigger runs inline in that process, as in ``dags test``) and counts the jobs on the scheduler
+afterwards: lost = units that did not end COMPLETED, double submissions = jobs beyond the one
+array + one fan-in job of the round.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from ..airflow_runs import dagman_jobs, slurm_jobs_named, slurm_states, task_process, trigger_run, wait_for_record
+from ..conftest import _site_cmd, on_site, site_conn
+
+
+def _fault(cmd: str) -> None:
+    r = _site_cmd(cmd, timeout=120)
+    assert r.returncode == 0, f"site.sh {cmd} failed:\n{r.stdout}\n{r.stderr}"
+
+
+class _Reader:
+    """Collects a task process's output in the background (so a test can wait for a line)."""
+
+    def __init__(self, p: subprocess.Popen):
+        self.p, self.lines = p, []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(re.search(pattern, x) for x in self.lines):
+            assert self.p.poll() is None or self._t.is_alive(), f"task ended before {pattern!r}:\n{self.text[-3000:]}"
+            assert time.monotonic() < deadline, f"no {pattern!r} within {timeout}s:\n{self.text[-3000:]}"
+            time.sleep(0.2)
+
+    def finish(self, timeout: float) -> str:
+        self.p.wait(timeout=timeout)
+        self._t.join(timeout=10)
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _count_slurm_round(info, key: str, units: int) -> tuple[int, int, dict]:
+    states = slurm_states(info, key)
+    array = {k: v for k, v in states.items() if "_" in k}
+    done = sum(1 for v in array.values() if v == "COMPLETED")
+    fanin_done = sum(1 for k, v in states.items() if "_" not in k and v == "COMPLETED")
+    lost = (units - done) + (1 - fanin_done)
+    double = len(slurm_jobs_named(info, key)) - 2
+    return lost, double, states
+
+
+def _start(home, info, task: str, scheduler: str = "slurm", sleep: int = 20, **extra):
+    tag = f"{task[:4]}{uuid.uuid4().hex[:6]}"
+    run_id = f"fault_{tag}"
+    conn = site_conn(info, scheduler, **extra)
+    trigger_run(home, run_id, {"tag": tag, "sleep": sleep, "site": "the_site"}, the_site=conn)
+    reader = _Reader(task_process(home, task, run_id, the_site=conn))
+    return tag, run_id, conn, reader
+
+
+# fast reconnection for the tests; production defaults are 120 s / 20 s / 60 s
+FAST = {"status_timeout": 8, "connect_timeout": 4, "max_backoff": 8}
+
+
+@pytest.mark.parametrize("fault", ["sshd", "traffic"])
+def test_site_unreachable_while_watching(site_info, airflow_home, fault, fault_record):
+    """2: sshd killed (sessions too) for 15 s / 3: every packet to and from the sshd port dropped
+    for 60 s. A task whose outage_grace covers the outage finishes normally; a second task with a
+    short grace fails with a clear message, and running it again re-attaches to its jobs."""
+    row = fault_record(2 if fault == "sshd" else 3, "slurm")
+    outage = 15 if fault == "sshd" else 60
+    # units sleep past the outage's start; 4 units, throttle 2 -> the array runs across the outage
+    tag_a, run_a, conn_a, a = _start(airflow_home, site_info, "deferred", outage_grace=600, sleep=12, **FAST)
+    tag_b, run_b, conn_b, b = _start(airflow_home, site_info, "deferred", outage_grace=5, sleep=12, **FAST)
+    key_a, key_b = wait_for_record(site_info, tag_a), wait_for_record(site_info, tag_b)
+    a.wait_for(r"\d+/4 done", 120)
+    b.wait_for(r"\d+/4 done", 120)  # both are being watched by their triggers
+
+    t0 = time.monotonic()
+    _fault("stop-sshd" if fault == "sshd" else "drop-traffic")
+    try:
+        time.sleep(outage)
+    finally:
+        _fault("start-sshd" if fault == "sshd" else "restore-traffic")
+    restored = time.monotonic()
+
+    out_b = b.finish(timeout=300)
+    assert "Task failed with exception" in out_b, out_b[-4000:]
+    m = re.search(r"site the_site unreachable for (\d+)s \(> outage_grace 5s\)", out_b)
+    assert m, out_b[-4000:]
+
+    out_a = a.finish(timeout=300)
+    resumed = time.monotonic()
+    assert "Task failed" not in out_a, out_a[-5000:]
+    retries = len(re.findall(r"site the_site unreachable \(.*\); retrying in", out_a))
+    assert retries >= 1, out_a[-4000:]  # the outage was seen, and survived
+    lost_a, double_a, states_a = _count_slurm_round(site_info, key_a, 4)
+
+    # the task that gave up left its jobs running: running it again re-attaches, no resubmission
+    again = _Reader(task_process(airflow_home, "deferred", run_b, the_site=conn_b)).finish(timeout=300)
+    assert "Task failed" not in again and key_b in again and "submitted round" not in again, again[-4000:]
+    lost_b, double_b, states_b = _count_slurm_round(site_info, key_b, 4)
+
+    row.tried = 1
+    row.jobs_lost = lost_a + lost_b
+    row.double_submissions = double_a + double_b
+    row.measured = (f"{outage} s outage, {retries} reconnect attempts (backoff capped at 8 s), round done "
+                    f"{resumed - restored:.0f} s after restore; grace-5 s task failed clearly after "
+                    f"{m.group(1)} s and re-attached on rerun")
+    assert row.jobs_lost == 0, (states_a, states_b)
+    assert row.double_submissions == 0
+
+
+def test_slurmctld_stopped_while_watching(site_info, airflow_home, fault_record):
+    """4: slurmctld down for 30 s while the array runs: states stay UNKNOWN (never "vanished"),
+    watching resumes when it is back, every unit and the fan-in complete once."""
+    row = fault_record(4, "slurm")
+    tag, run_id, conn, a = _start(airflow_home, site_info, "deferred", outage_grace=600, sleep=15, **FAST)
+    key = wait_for_record(site_info, tag)
+    a.wait_for(r"\d+/4 done", 120)
+    _fault("stop-slurmctld")
+    try:
+        time.sleep(30)
+    finally:
+        _fault("start-slurmctld")
+    out = a.finish(timeout=300)
+    assert "Task failed" not in out, out[-5000:]
+    assert re.search(r"unknown|UNKNOWN|not answering", out), out[-4000:]  # the outage was seen
+    lost, double, states = _count_slurm_round(site_info, key, 4)
+    row.jobs_lost, row.double_submissions = lost, double
+    row.measured = f"30 s without slurmctld; final sacct states {sorted(set(states.values()))}"
+    assert lost == 0, states
+    assert double == 0
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
+def test_task_process_killed_while_deferred_resumes_watching(site_info, airflow_home, condor_pool, scheduler,
+                                                             fault_record):
+    """11: the process running the trigger (triggerer / `dags test`) is SIGKILLed while the round
+    is deferred; started again it resumes from the recorded job ids and submits nothing."""
+    row = fault_record(11, scheduler)
+    task = "deferred" if scheduler == "slurm" else "deferred_any"
+    tag, run_id, conn, a = _start(airflow_home, site_info, task, scheduler, sleep=8)
+    key = wait_for_record(site_info, tag)
+    a.wait_for(r"\d+/4 done", 120)  # the trigger is watching
+    os.killpg(a.p.pid, signal.SIGKILL)
+    a.finish(timeout=60)
+    out = _Reader(task_process(airflow_home, task, run_id, the_site=conn)).finish(timeout=300)
+    assert "Task failed" not in out, out[-5000:]
+    assert key in out and "submitted round" not in out, out[-4000:]
+    if scheduler == "slurm":
+        lost, double, states = _count_slurm_round(site_info, key, 4)
+    else:
+        double = len(dagman_jobs(site_info, key)) - 1
+        done = on_site(site_info, f"grep -c 'completed successfully' {site_info['remote_root']}/test/{tag}/{key}/"
+                                  "*.dagman.out").stdout.strip()
+        lost = 5 - int(done or 0)  # 4 units + the fan-in node
+    row.jobs_lost, row.double_submissions = lost, double
+    row.measured = "SIGKILL while deferred; rerun resumed the recorded round"
+    assert lost == 0 and double == 0
+
+
+def test_slurm_time_limit_reruns_with_a_longer_limit(site_info, airflow_home, fault_record):
+    """6 (Slurm): a unit killed at its --time (TIMEOUT) is detected as such and rerun alone with
+    twice the limit; the others are not rerun."""
+    row = fault_record(6, "slurm, TIMEOUT")
+    tag, run_id, conn, a = _start(airflow_home, site_info, "slow_slurm")
+    out = a.finish(timeout=600)
+    assert "Task failed" not in out, out[-5000:]
+    assert re.search(r"units \[0\] hit their time limit: .* time 1 -> 2 min", out), out[-4000:]
+    key = re.search(r"round (bs-slowslurm-[0-9a-f]+)", out).group(1)
+    wd = f"{site_info['remote_root']}/test/{tag}/{key}"
+    counts = [int(x) for x in on_site(site_info, f"cd {wd} && cat runs_0.log | wc -l; cat runs_1.log | wc -l; "
+                                                 "cat runs_2.log | wc -l").stdout.split()]
+    states = slurm_states(site_info, key)
+    assert "TIMEOUT" in states.values(), states
+    row.jobs_lost = sum(1 for c in counts if c == 0)
+    row.double_submissions = (counts[0] - 2) + (counts[1] - 1) + (counts[2] - 1)
+    row.measured = f"TIMEOUT at --time=1 -> rerun of unit 0 only with 2 min; unit runs {counts}"
+    assert counts == [2, 1, 1]
