@@ -148,6 +148,7 @@ class SitePoller:
                     await asyncio.sleep(wait)
                     continue
                 scheduler_down = any(not s.scheduler_ok for s in statuses.values())
+                wait = self.interval
                 if scheduler_down:
                     outage_since = outage_since or self.clock()
                     down = self.clock() - outage_since
@@ -156,6 +157,10 @@ class SitePoller:
                             f"scheduler on site {self.name} not answering for {down:.0f}s "
                             f"(> outage_grace {self.outage_grace:.0f}s)"))
                         return
+                    # a restarting controller is not helped by being asked every few seconds
+                    wait = max(self.interval, next(delays))
+                    log.warning("scheduler on site %s not answering; job states UNKNOWN, asking again in %.0fs "
+                                "(down %.0fs of %.0fs grace)", self.name, wait, down, self.outage_grace)
                 else:
                     outage_since = None
                     delays = backoff_delays(min(1.0, self.interval), self.max_backoff)
@@ -168,7 +173,7 @@ class SitePoller:
                         st = apply_vanish_grace(st, self._first_seen, now, self.vanish_grace)
                     for q in w.queues:
                         q.put_nowait(st)
-                await asyncio.sleep(self.interval)
+                await asyncio.sleep(wait)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a parser bug must reach the watchers, not die silently

@@ -1,0 +1,337 @@
+"""No secret leaks, and credential files are private: against the REAL test site.
+
+A recognisable secret set is made for this run: a fresh ed25519 key ENCRYPTED with
+``BSSECRET-passphrase-<uuid>`` (its public half added to the site user's authorized_keys
+for the duration of the module), a connection password ``BSSECRET-password-<uuid>``, the
+key given inline (SSH provider extras ``private_key`` + ``private_key_passphrase``, no
+key_file), and an X509 proxy (``x509_proxy`` extra, mode 0600 here) whose content holds
+``BSSECRET-x509-<uuid>`` and random base64 lines.
+
+Then ``airflow dags test`` runs real campaigns over SSH: ``rg_campaign`` on Slurm (2 steps),
+``rg_campaign`` on the HTCondor pool (1 step), and two failures that produce exception
+text (the proxy path missing; a wrong passphrase). Every secret string, 40-char slices of
+the key's and the proxy's bodies and of their base64 forms are searched, byte-wise, in:
+the stdout/stderr of every run; the whole AIRFLOW_HOME (task logs, the SQLite DB with
+XComs, rendered fields, trigger rows); every file under this run's remote_root on the site
+(rendered submit files, scripts, scheduler logs, records, outputs) except the 0600 proxy
+copies themselves; the HTCondor pool's log + spool and the Slurm state + logs. Zero hits,
+over a searched volume that is asserted to be non-trivial.
+
+On the site: each proxy copy is mode 0600 in a 0700 directory, owned by the site user,
+content equal, written once (not rewritten by the second round); every job saw
+X509_USER_PROXY pointing at it and read it (the generate command is wrapped by the
+campaign's ``commands`` param to record ``$X509_USER_PROXY``, ``test -r`` and the sha256 it
+read, never the content).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import re
+import secrets as pysecrets
+import shlex
+import sqlite3
+import stat
+import subprocess
+import tarfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from batchsite.campaign.rg import DEFAULT_COMMANDS
+
+from ..conftest import STATE, dags_test, on_site, site_conn, ssh_argv
+
+# what each unit records before running the payload: the path it was given, whether it can
+# read it, the sha256 of what it read (never the content). Campaign commands are plain tokens
+# (no shell), so the probe is a script the test puts on the site; the generate command of
+# the campaign's ``commands`` param runs through it.
+PROBE = """#!/bin/sh
+d=$1/x509_seen; n=$2; shift 2
+mkdir -p "$d" || exit 1
+if test -r "$X509_USER_PROXY"; then r=readable; else r=unreadable; fi
+printf '%s %s %s\\n' "${X509_USER_PROXY:-unset}" "$r" "$(sha256sum < "$X509_USER_PROXY" | cut -c1-64)" > "$d/$n"
+exec "$@"
+"""
+
+
+def probe_commands() -> dict:
+    return {"generate": ["sh", "{remote_root}/x509probe.sh", "{remote_root}", "{version}.RG{step}.b{batch}",
+                         *DEFAULT_COMMANDS["generate"]]}
+
+
+@dataclass
+class Secrets:
+    uid: str
+    passphrase: str
+    password: str
+    wrong_passphrase: str
+    key_text: str
+    pub_line: str
+    proxy: Path
+    proxy_bytes: bytes
+    needles: dict[str, bytes] = field(default_factory=dict)
+
+
+def _slices(label: str, text: bytes, n: int = 3, width: int = 40) -> dict[str, bytes]:
+    """40-char slices from the long base64 lines of a PEM-ish body (no newline inside)."""
+    lines = [ln for ln in text.splitlines() if len(ln) >= width + 8 and not ln.startswith(b"-----")]
+    assert len(lines) >= n, f"{label}: too few long lines to slice"
+    out = {}
+    for i, ln in enumerate(lines[:n]):
+        off = (len(ln) - width) // 2
+        out[f"{label} line {i} slice"] = ln[off:off + width]
+    return out
+
+
+def _b64_slices(label: str, data: bytes, n: int = 3, width: int = 40) -> dict[str, bytes]:
+    enc = base64.b64encode(data)
+    step = max(1, (len(enc) - width) // (n + 1))
+    return {f"{label} base64 slice {i}": enc[step * (i + 1): step * (i + 1) + width] for i in range(n)}
+
+
+@pytest.fixture(scope="module")
+def secrets(site_info, tmp_path_factory):
+    d = tmp_path_factory.mktemp("secrets")
+    os.chmod(d, 0o700)
+    uid = uuid.uuid4().hex
+    s_pass, s_pw, s_wrong = (f"BSSECRET-passphrase-{uid}", f"BSSECRET-password-{uid}",
+                             f"BSSECRET-wrongpass-{uid}")
+    key = d / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", s_pass, "-C", f"bssecret-{uid[:8]}", "-f", str(key)],
+                   check=True, capture_output=True)
+    key_text = key.read_text()
+    assert "BEGIN OPENSSH PRIVATE KEY" in key_text
+    # really encrypted: without the passphrase it does not load
+    assert subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", str(key)], capture_output=True).returncode != 0
+    pub_line = (d / "id_ed25519.pub").read_text().strip()
+
+    body = lambda n: b"\n".join(base64.b64encode(pysecrets.token_bytes(48)) for _ in range(n))  # noqa: E731
+    proxy_bytes = (b"-----BEGIN CERTIFICATE-----\n" + body(6) + b"\n-----END CERTIFICATE-----\n"
+                   b"-----BEGIN RSA PRIVATE KEY-----\n" + f"BSSECRET-x509-{uid}".encode() + b"\n" + body(8)
+                   + b"\n-----END RSA PRIVATE KEY-----\n")
+    proxy = d / f"x509up_u{os.getuid()}"
+    fd = os.open(proxy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, proxy_bytes)
+    os.close(fd)
+
+    s = Secrets(uid, s_pass, s_pw, s_wrong, key_text, pub_line, proxy, proxy_bytes)
+    s.needles = {
+        "passphrase": s_pass.encode(), "password": s_pw.encode(), "wrong passphrase": s_wrong.encode(),
+        "x509 marker": f"BSSECRET-x509-{uid}".encode(),
+        **_slices("private key", key_text.encode()), **_b64_slices("private key", key_text.encode(), 2),
+        **_slices("proxy", proxy_bytes), **_b64_slices("proxy", proxy_bytes),
+    }
+    assert all(len(v) >= 32 for v in s.needles.values())
+
+    # the site user accepts the new key for as long as this module runs
+    ak = Path(f"~{site_info['user']}/.ssh/authorized_keys").expanduser()
+    with open(ak, "a") as f:
+        f.write(pub_line + "\n")
+    try:
+        yield s
+    finally:
+        with open(ak, "r+") as f:  # rewrite in place: owner and mode stay
+            keep = [ln for ln in f.read().splitlines() if ln.strip() != pub_line]
+            f.seek(0)
+            f.write("".join(ln + "\n" for ln in keep))
+            f.truncate()
+
+
+def secret_conn(info: dict, scheduler: str, s: Secrets, remote_root: str, **extra) -> dict:
+    c = site_conn(info, scheduler, remote_root=remote_root, x509_proxy=str(s.proxy), private_key=s.key_text,
+                  private_key_passphrase=s.passphrase, **extra)
+    del c["extra"]["key_file"]  # the key is inline only
+    c["password"] = s.password
+    return c
+
+
+def grep(blobs, needles: dict[str, bytes], where: str, found: list[str]) -> tuple[int, int]:
+    """``blobs``: (name, bytes) pairs. Appends '<where>:<name>: <needle label>' per hit."""
+    files = size = 0
+    for name, data in blobs:
+        files += 1
+        size += len(data)
+        for label, n in needles.items():
+            if n in data:
+                found.append(f"{where}:{name}: {label}")
+    return files, size
+
+
+def local_files(root: Path, skip_dirs: tuple[str, ...] = ()):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [x for x in dirnames if os.path.join(dirpath, x) not in skip_dirs]
+        for fn in filenames:
+            p = os.path.join(dirpath, fn)
+            try:
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    with open(p, "rb") as f:
+                        yield p, f.read()
+            except OSError:
+                continue  # vanished (a log rotated meanwhile)
+
+
+def site_tar(info: dict, paths: list[str], exclude: list[str]):
+    """Every regular file under ``paths`` on the site, over SSH as the site user (one tar)."""
+    ex = " ".join(f"--exclude={shlex.quote(e)}" for e in exclude)
+    cmd = f"tar -cf - {ex} --ignore-failed-read {' '.join(shlex.quote(p) for p in paths)} 2>/dev/null; true"
+    r = subprocess.run(ssh_argv(info, cmd), capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with tarfile.open(fileobj=io.BytesIO(r.stdout), mode="r:") as tar:
+        for m in tar:
+            if m.isfile():
+                yield m.name, tar.extractfile(m).read()
+
+
+def _run(home, dag: str, conf: dict, timeout: int = 240, **conns) -> str:
+    t0 = time.monotonic()
+    r = dags_test(home, dag, conf, timeout=timeout, **conns)
+    out = r.stdout + r.stderr
+    print(f"dags test {dag} {conf['site_conn_id']}: rc {r.returncode} in {time.monotonic() - t0:.0f}s")
+    return out
+
+
+def clone_home(src: Path, dst: Path) -> Path:
+    """Another AIRFLOW_HOME with the migrated DB of ``src`` (sqlite backup API: consistent),
+    so the runs go in parallel (one SQLite DB each) without a 10 s ``db migrate`` each."""
+    dst.mkdir()
+    with sqlite3.connect(src / "airflow.db") as a, sqlite3.connect(dst / "airflow.db") as b:
+        a.backup(b)
+    return dst
+
+
+def _stat(info, path: str) -> list[str]:
+    r = on_site(info, f"stat -c '%a %U %s %Y' {shlex.quote(path)}")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_no_secret_in_any_output_and_credentials_are_0600(site_info, condor_pool, airflow_home, secrets, tmp_path):
+    t_start = time.monotonic()
+    s = secrets
+    info = site_info
+    root = f"{info['remote_root']}/secrets-{s.uid[:10]}"
+    version = f"sec{s.uid[:6]}"
+    conns = {
+        "sec_slurm": secret_conn(info, "slurm", s, root),
+        "sec_condor": secret_conn(info, "htcondor", s, root),
+        "sec_missing": secret_conn(info, "slurm", s, root),
+        "sec_wrongpass": secret_conn(info, "slurm", s, root),
+    }
+    missing = f"{s.proxy.parent}/no-such-proxy-{s.uid[:8]}"
+    conns["sec_missing"]["extra"]["x509_proxy"] = missing
+    conns["sec_wrongpass"]["extra"]["private_key_passphrase"] = s.wrong_passphrase
+    r = subprocess.run(ssh_argv(info, f"mkdir -p {root} && cat > {root}/x509probe.sh"), input=PROBE, text=True,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+    base = {"samples": 400, "batches": 2, "throttle": 2, "tolerance": 1e-9, "commands": probe_commands()}
+    runs = {  # name: (AIRFLOW_HOME, conf); all four at once, each with its own Airflow DB
+        "slurm": (airflow_home, {"site_conn_id": "sec_slurm", "version": version, "steps": 2}),
+        "htcondor": (clone_home(airflow_home, tmp_path / "home_condor"),
+                     {"site_conn_id": "sec_condor", "version": version + "c", "steps": 1}),
+        "missing proxy": (clone_home(airflow_home, tmp_path / "home_missing"),
+                          {"site_conn_id": "sec_missing", "version": version + "m", "steps": 1}),
+        "wrong passphrase": (clone_home(airflow_home, tmp_path / "home_wrongpass"),
+                             {"site_conn_id": "sec_wrongpass", "version": version + "w", "steps": 1}),
+    }
+    with ThreadPoolExecutor(len(runs)) as ex:
+        futs = {name: ex.submit(_run, home, "rg_campaign", {**base, **conf}, **conns)
+                for name, (home, conf) in runs.items()}
+        outputs = {name: f.result() for name, f in futs.items()}
+    homes = [home for home, _ in runs.values()]
+    t_runs = time.monotonic()
+    for name, text in outputs.items():  # for whoever reads a failure
+        (tmp_path / f"dags-test-{name.replace(' ', '-')}.txt").write_text(text)
+    print(f"dags test outputs in {tmp_path}")
+
+    # ---- the campaigns ran (over SSH with the inline encrypted key), the failures say why
+    finished = {name: re.findall(r"DagRun Finished: .*? state=(\w+)", out) for name, out in outputs.items()}
+    for name in ("slurm", "htcondor"):
+        assert finished[name] == ["success"], f"{name}:\n{outputs[name][-6000:]}"
+    assert re.search(r"RG step 2: 2/2 done; fan-in done", outputs["slurm"]), outputs["slurm"][-4000:]
+    out = outputs["missing proxy"]
+    assert finished["missing proxy"] == ["failed"], out[-4000:]
+    assert f"site connection 'sec_missing': extra x509_proxy='{missing}': no such file" in out, out[-4000:]
+    # ... before anything was submitted for that run
+    assert on_site(info, f"test -e {root}/job_logs/{version}m").returncode != 0
+    out = outputs["wrong passphrase"]
+    assert finished["wrong passphrase"] == ["failed"], out[-4000:]
+    assert "Private key provided cannot be read" in out, out[-4000:]
+    assert on_site(info, f"test -e {root}/job_logs/{version}w").returncode != 0
+
+    # ---- the proxy copies on the site: 0600, owner, content, written once
+    want = hashlib.sha256(s.proxy_bytes).hexdigest()
+    cred_dir = f"{root}/.batchsite/credentials"
+    listing = on_site(info, f"ls -A {cred_dir}").stdout.split()
+    assert sorted(listing) == ["x509up.sec_condor", "x509up.sec_slurm"], listing  # no temp file left
+    mode, owner, _, _ = _stat(info, cred_dir)
+    assert (mode, owner) == ("700", info["user"])
+    seen_paths = {}
+    for conn_id in ("sec_slurm", "sec_condor"):
+        copy = f"{cred_dir}/x509up.{conn_id}"
+        mode, owner, size, _ = _stat(info, copy)
+        assert (mode, owner, int(size)) == ("600", info["user"], len(s.proxy_bytes)), (copy, mode, owner)
+        assert on_site(info, f"sha256sum < {copy}").stdout.split()[0] == want
+        seen_paths[conn_id] = copy
+    # round 2 on Slurm did not rewrite it: the copy is older than round 2's submission record
+    rec2 = on_site(info, f"ls {root}/job_logs/{version}/FP/RG2/*/.batchsite/submitted").stdout.split()
+    assert len(rec2) == 1
+    assert int(_stat(info, seen_paths["sec_slurm"])[3]) <= int(_stat(info, rec2[0])[3])
+    r = on_site(info, f"stat -c %Y {seen_paths['sec_slurm']}; stat -c %Y {root}/job_logs/{version}/FP/RG1/*/.batchsite/submitted")
+    t_copy, t_rec1 = map(int, r.stdout.split())
+    assert t_copy <= t_rec1  # installed by round 1's submit command, before its record
+
+    # ---- every job saw X509_USER_PROXY = its site's copy, readable, same content
+    seen = on_site(info, f"cd {root}/x509_seen && for f in *; do echo \"$f $(cat $f)\"; done").stdout.splitlines()
+    got = {ln.split()[0]: ln.split()[1:] for ln in seen if ln.strip()}
+    expect = {f"{version}.RG{k}.b{b}": seen_paths["sec_slurm"] for k in (1, 2) for b in (0, 1)}
+    expect.update({f"{version}c.RG1.b{b}": seen_paths["sec_condor"] for b in (0, 1)})
+    assert set(got) == set(expect), seen
+    for k, (path, readable, digest) in got.items():
+        assert (path, readable, digest) == (expect[k], "readable", want), k
+
+    # ---- grep everything
+    found: list[str] = []
+    counts = {}
+    counts["dags test output"] = grep(((k, v.encode()) for k, v in outputs.items()), s.needles, "output", found)
+    counts["AIRFLOW_HOME"] = (0, 0)
+    for home in homes:
+        c = grep(local_files(home), s.needles, f"airflow_home {home.name}", found)
+        counts["AIRFLOW_HOME"] = (counts["AIRFLOW_HOME"][0] + c[0], counts["AIRFLOW_HOME"][1] + c[1])
+    excluded = [f"{cred_dir}/x509up.sec_slurm", f"{cred_dir}/x509up.sec_condor"]
+    counts["remote_root of this run"] = grep(site_tar(info, [root], excluded), s.needles, "site", found)
+    condor_dir = on_site(info, "condor_config_val LOCAL_DIR").stdout.strip()
+    assert condor_dir.startswith("/"), condor_dir
+    counts["HTCondor log+spool"] = grep(site_tar(info, [f"{condor_dir}/log", f"{condor_dir}/spool"], []),
+                                        s.needles, "condor", found)
+    counts["Slurm state+logs, sshd log"] = grep(
+        local_files(STATE / "slurm"), s.needles, "slurm", found)
+    c2 = grep(local_files(STATE / "log"), s.needles, "sitelog", found)
+    counts["Slurm state+logs, sshd log"] = tuple(a + b for a, b in zip(counts["Slurm state+logs, sshd log"], c2))
+    t_grep = time.monotonic()
+    summary = ", ".join(f"{k}: {f} files {b / 1e6:.1f} MB" for k, (f, b) in counts.items())
+    print(f"secrets grep: {len(s.needles)} needles; {summary}; hits {len(found)}; "
+          f"runs {t_runs - t_start:.0f}s, checks+grep {t_grep - t_runs:.0f}s")
+    assert not found, "secrets found:\n" + "\n".join(found[:50])
+    # the search was not vacuous
+    assert counts["dags test output"][1] > 50_000
+    files, size = counts["AIRFLOW_HOME"]
+    assert files >= 20 and size > 1_000_000, counts["AIRFLOW_HOME"]
+    files, size = counts["remote_root of this run"]
+    assert files >= 30 and size > 100_000, counts["remote_root of this run"]
+    assert counts["HTCondor log+spool"][0] >= 3 and counts["Slurm state+logs, sshd log"][0] >= 3
+    # and the needles would be found where they are: the proxy copy itself
+    copy_blobs = list(site_tar(info, [seen_paths["sec_slurm"]], []))
+    hits: list[str] = []
+    grep(copy_blobs, s.needles, "copy", hits)
+    assert len(hits) >= 5, hits
+
+    on_site(info, f"rm -rf {shlex.quote(root)}")
