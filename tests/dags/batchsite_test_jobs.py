@@ -49,6 +49,13 @@ def batchsite_test_jobs():
                        workdir="test/{{ params.tag }}", job_resources={"time_minutes": 1},
                        rescue={"auto_below": 0.5, "review_below": 0.9, "max_rescues": 1})
 
+    # 6 units that log every run of theirs: the HTCondor fault tests count reruns from these
+    counted = "echo run >> runs_$0.log; sleep {{ params.sleep }}"
+    BatchRoundOperator(task_id="counted", site_conn_id="{{ params.site }}",
+                       units=[["sh", "-c", counted, str(i)] for i in range(6)],
+                       fanin=["sh", "-c", "cat runs_*.log | wc -l > fanin_runs.txt"], throttle=2,
+                       workdir="test/{{ params.tag }}", job_resources={"job_flavour": "workday"})
+
     # a node the test holds with condor_hold: HoldReason in the log, released after 2 s
     BatchRoundOperator(task_id="holdme", site_conn_id="{{ params.site }}",
                        units=[["sh", "-c", "sleep 6"]], fanin=["true"], workdir="test/{{ params.tag }}",
