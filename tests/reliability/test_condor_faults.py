@@ -1,0 +1,77 @@
+"""HTCondor daemons failing under a running DAG round, on the REAL personal pool over SSH.
+
+12: condor_schedd SIGKILLed (condor_master restarts it) while a round runs;
+13: the round's condor_dagman process SIGKILLed.
+Both must end with the same DAGMan job (no fresh DAG) and no node that had finished before
+the fault running again, counted from the units' own run logs (``runs_<i>.log``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from ..airflow_runs import dagman_jobs, task_process, trigger_run, wait_for_record
+from ..conftest import _site_cmd, on_site, site_conn
+from .test_watch_faults import _Reader
+
+UNITS = 6
+
+
+def _finished_nodes(info, wd: str) -> set[int]:
+    r = on_site(info, f"cat {wd}/*.dagman.out 2>/dev/null")
+    return {int(n) for n in re.findall(r"Node unit(\d+) job proc \([\d.]+\) completed successfully", r.stdout)}
+
+
+def _runs(info, wd: str) -> list[int]:
+    r = on_site(info, f"cd {wd} && for i in $(seq 0 {UNITS - 1}); do "
+                      "if [ -e runs_$i.log ]; then wc -l < runs_$i.log; else echo 0; fi; done")
+    return [int(x) for x in r.stdout.split()]
+
+
+@pytest.mark.parametrize("fault", ["schedd", "dagman"])
+def test_condor_daemon_killed_during_a_round(site_info, airflow_home, condor_pool, fault, fault_record):
+    row = fault_record(12 if fault == "schedd" else 13, "htcondor")
+    import uuid
+
+    tag = f"cd{fault[:3]}{uuid.uuid4().hex[:6]}"
+    run_id = f"fault_{tag}"
+    conn = site_conn(site_info, "htcondor", outage_grace=300, status_timeout=30, connect_timeout=4, max_backoff=8)
+    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 4, "site": "the_site"}, the_site=conn)
+    a = _Reader(task_process(airflow_home, "counted", run_id, the_site=conn))
+    key = wait_for_record(site_info, tag)
+    wd = f"{site_info['remote_root']}/test/{tag}/{key}"
+
+    deadline = time.monotonic() + 180
+    while len(_finished_nodes(site_info, wd)) < 2:  # throttle 2: kill after the first wave
+        assert time.monotonic() < deadline, f"no node finished:\n{a.text[-3000:]}"
+        time.sleep(0.3)
+    before = _finished_nodes(site_info, wd)
+    if fault == "schedd":
+        r = _site_cmd("kill-schedd", timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    else:
+        pids = on_site(site_info, f"pgrep -u $(id -u) -f 'condor_dagman.*{key}'").stdout.split()
+        assert len(pids) == 1, pids
+        assert on_site(site_info, f"kill -KILL {pids[0]}").returncode == 0
+    t_fault = time.monotonic()
+
+    out = a.finish(timeout=600)
+    assert "Task failed" not in out, out[-5000:]
+    runs = _runs(site_info, wd)
+    dagmans = dagman_jobs(site_info, key)
+    log = on_site(site_info, f"cat {wd}/*.dagman.out").stdout
+    rerun_finished = [i for i in before if runs[i] != 1]
+    row.jobs_lost = sum(1 for c in runs if c == 0)
+    row.double_submissions = (len(dagmans) - 1) + len(rerun_finished)
+    row.measured = (f"nodes {sorted(before)} done before the kill ran once; unit runs {runs}; "
+                    f"{len(dagmans)} DAGMan job; round done {time.monotonic() - t_fault:.0f} s after the kill"
+                    + ("; DAGMan restarted in recovery mode" if "Running in RECOVERY mode" in log else ""))
+    assert rerun_finished == [], (before, runs)
+    assert len(dagmans) == 1, dagmans  # recovered in place, never a fresh DAG
+    assert row.jobs_lost == 0, runs
+    assert on_site(site_info, f"cat {wd}/fanin_runs.txt").stdout.strip() == str(sum(runs))
+    if fault == "dagman":
+        assert "Running in RECOVERY mode" in log or "USING RESCUE DAG" in log, log[-3000:]
