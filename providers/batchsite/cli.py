@@ -62,19 +62,24 @@ def _read_config_json(path: str | None) -> dict[str, Any]:
     """The group's config.json as a dict ({} without --config). Raises CampaignConfigError."""
     from batchsite.campaign.common import CampaignConfigError
 
+    from batchsite.campaign.common import short
+
     if path is None:
         return {}
+    shown = path if len(path) <= 200 and path.isprintable() else short(path)
     try:
         text = Path(path).read_text()
-    except OSError as e:
-        raise CampaignConfigError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        raise CampaignConfigError(f"--config {shown}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    except UnicodeDecodeError as e:
+        raise CampaignConfigError(f"--config {shown}: not a UTF-8 text file ({e.reason})") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CampaignConfigError(f"--config {path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") \
+        raise CampaignConfigError(f"--config {shown}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") \
             from None
     if not isinstance(raw, dict):
-        raise CampaignConfigError(f"--config {path}: config.json must be a JSON object with the sections "
+        raise CampaignConfigError(f"--config {shown}: config.json must be a JSON object with the sections "
                                   f"paths / htcondor / alignment / storage (got {type(raw).__name__})")
     return raw
 
@@ -113,15 +118,37 @@ def faser_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 _WHOLE_INPUT = re.compile(r" \(got \{.*\}\)$", re.S)
+#: the flag of each FASER param, so an error names what the user typed
+FASER_FLAGS = {"year": "-y", "run": "-r", "files": "-f", "iterations": "-i", "fourst": "--fourst",
+               "threest": "--threest", "tolerance": "--tolerance", "site_conn_id": "--site",
+               "max_rescues": "--max-rescues", "config": "--config"}
 
 
 def _tidy(msg: str) -> str:
     """A model-level error (fourst with threest) comes back from ``explain_validation`` as
-    ``P: P: <message> (got {<every param>})``: say it once, without the dump."""
+    ``P: P: <message> (got {<every param>})``: say it once, without the dump. Every param
+    named at the start of an error gets its flag: ``files (-f): files='x': ...``."""
     prefix = "FASER alignment params: "
     if msg.startswith(prefix + prefix):
         msg = _WHOLE_INPUT.sub("", msg[len(prefix):])
+    for field, flag in FASER_FLAGS.items():
+        msg = re.sub(rf"(^|: |; ){field}: ", rf"\g<1>{field} ({flag}): ", msg)
     return msg
+
+
+def check_out_dir(out: str) -> str:
+    """``--out`` of the dry run, made absolute: it plays the site's remote_root in the rendered
+    scripts, so it follows the rules of a site path (safe characters, at most 1024 long).
+    Relative paths and ``..`` are resolved here (it is the user's own local directory)."""
+    from batchsite.campaign.common import CampaignConfigError, check_site_path
+
+    try:
+        if "\x00" in out:
+            raise ValueError(f"--out={out!r} contains a NUL character")
+        return check_site_path("--out", os.path.abspath(out))
+    except ValueError as e:
+        raise CampaignConfigError(f"{e} (it is the remote_root of the rendered scripts; choose another "
+                                  "directory)") from None
 
 
 def _airflow_cli() -> Path:
@@ -177,7 +204,7 @@ def render_first_round(conf: dict[str, Any], *, scheduler: str, out: str) -> dic
     from batchsite.rounds import spec_from_round_def
 
     p = parse_params(conf)
-    root = os.path.abspath(out)
+    root = check_out_dir(out)
     cfg = _dry_run_site(p.site_conn_id, scheduler, root)
     if not p.cfg.paths.work_dir:
         config = {**p.config, "paths": {**p.config.get("paths", {}), "work_dir": cfg.remote_root}}

@@ -54,7 +54,8 @@ SKIP_SUFFIXES = (".pyc",)
 #: temp dirs of an unfinished push; never part of a manifest, removed after 12 h
 STAGE_PREFIX = ".batchsite-stage."
 
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: the campaigns' version token (campaign.common.SAFE_TOKEN): 1-64 characters, used with fullmatch
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RUN_TYPES = ("FP", "EXP")
 PULL_KINDS = ("hist", "outputs", "logs")
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9._*?/-]+$")
@@ -791,9 +792,10 @@ def read_text(transport: Transport, path: str, *, remote_root: str) -> str:
 
 # --------------------------------------------------------------------------- seed-compatible layer
 def check_version(version: str) -> str:
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        shown = repr(version) if len(repr(version)) <= 80 else f"{repr(version)[:80]}..."
         raise StagingInputError(
-            f"version={version!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"version={shown}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
             f"(e.g. --version v1.2); no '/' and no '..'"
         )
     return version

@@ -90,3 +90,42 @@ def test_replan_stops_on_tolerance_and_on_max_iterations():
     assert nxt == [] and "3 iterations done" in why
     with pytest.raises(CampaignConfigError, match="Millepede left no alignment.json"):
         replan(p, [{**part, "done": False}])
+
+
+@pytest.mark.parametrize("requirements,needle", [
+    ('(OpSysAndVer =?= "$(touch /tmp/x)")', "'$'"),
+    ("`touch /tmp/x`", "'`'"),
+    ("Memory > 1; executable = /bin/evil", "';'"),
+    ("Memory > 1\nexecutable = /bin/evil", "one line"),
+    ("(((", "not a ClassAd expression"),
+    ("400-450 touch", "not a ClassAd expression"),
+])
+def test_requirements_must_be_one_classad_expression(requirements, needle):
+    with pytest.raises(CampaignConfigError) as e:
+        parse_config({"htcondor": {"requirements": requirements}})
+    assert "htcondor.requirements" in str(e.value) and needle in str(e.value)
+
+
+@pytest.mark.parametrize("path,needle", [
+    ("/afs/u/my work", "may only contain"), ("/afs/u/$(id)", "may only contain"), ("~/work", "absolute"),
+    ("/afs/u/./w", "'.' or '..'"), ("/afs//u", "not normalised"), ("/" + "a" * 2000, "at most 1024"),
+])
+def test_site_paths_are_absolute_normalised_and_plain(path, needle):
+    with pytest.raises(CampaignConfigError) as e:
+        parse_config({"paths": {"work_dir": path}})
+    assert "paths.work_dir" in str(e.value) and needle in str(e.value)
+
+
+def test_config_errors_are_reported_with_the_other_params():
+    with pytest.raises(CampaignConfigError) as e:
+        parse_params({"tolerance": 5.0, "config": {"paths": {"work_dir": "rel"}}})
+    assert "tolerance:" in str(e.value) and "paths.work_dir" in str(e.value)
+
+
+def test_run_and_files_take_ascii_digits_only():
+    with pytest.raises(CampaignConfigError, match="run"):
+        parse_params({"run": "\u0661\u0661\u0667\u0660\u0665"})  # Arabic-Indic digits
+    with pytest.raises(CampaignConfigError, match="files"):
+        parse_params({"files": "\u0664\u0660\u0660"})
+    with pytest.raises(CampaignConfigError, match="run"):
+        parse_params({"run": 10**12})

@@ -142,3 +142,48 @@ def test_the_groups_own_cli_can_replace_the_reference_payload():
     assert rd2["units"][0]["argv"][5] == "0"
     with pytest.raises(CampaignConfigError, match="unknown command"):
         params(commands={"generat": ["x"]})
+
+
+def test_command_templates_use_only_the_placeholders_round_def_renders():
+    from batchsite.campaign.rg import PLACEHOLDERS
+
+    argv = ["{python}", "-m", "source.x"] + [f"--{n}={{{n}}}" for n in sorted(PLACEHOLDERS)]
+    p = params(commands={"generate": argv})
+    (part,) = initial_partitions(p)
+    rd = round_def(p, {**part, "step": 2}, remote_root="/r", python="python3")
+    assert not any("{" in a for a in rd["units"][0]["argv"])  # every placeholder has a value
+
+
+@pytest.mark.parametrize("item,needle", [
+    ("{step:0999999999}", "not a known placeholder"),      # a format spec would allocate 1 GB
+    ("{python.__class__}", "not a known placeholder"),
+    ("{step!r}", "no blanks"),
+    ("{nope}", "not a known placeholder"),
+    ("{step", "bad placeholder"),
+    ("/usr/bin/env", "no absolute paths"),
+    ("--out=/etc", "no absolute paths"),
+    ("{batch_root}/../../x", "'..' is refused"),
+    ("a b", "no blanks"),
+    ("$(id)", "no blanks"),
+    ("x" * 600, "at most 512"),
+])
+def test_bad_command_template_items_are_refused_naming_the_item(item, needle):
+    with pytest.raises(CampaignConfigError) as e:
+        params(commands={"generate": ["{python}", item]})
+    assert "commands.generate[1]" in str(e.value) and needle in str(e.value)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("seed", 2**32, "seed"), ("mem_mb", 10**12, "mem_mb"), ("max_samples", 10**12, "max_samples"),
+    ("throttle", 10**6, "throttle"), ("version", "v1\n", "version"), ("code_dir", "/tmp/../etc", "code_dir"),
+])
+def test_bounds_and_trailing_newlines(field, value, needle):
+    with pytest.raises(CampaignConfigError) as e:
+        params(**{field: value})
+    assert f"{needle}:" in str(e.value)
+
+
+def test_a_huge_value_is_not_echoed_back():
+    with pytest.raises(CampaignConfigError) as e:
+        params(version="a" * 100_000)
+    assert len(str(e.value)) < 1000 and "100002 characters" in str(e.value)

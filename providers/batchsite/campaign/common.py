@@ -9,6 +9,7 @@ scripts; values never pass through a shell unquoted.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -23,17 +24,32 @@ class CampaignConfigError(ValueError):
     """Bad campaign input; the message names the field and the fix."""
 
 
+#: errors listed per message; a hostile input with 10,000 bad keys gets a readable message
+MAX_ERRORS = 10
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a 100 kB value is not echoed back)."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
+
+
 def explain_validation(prefix: str, e: ValidationError) -> str:
     parts = []
-    for err in e.errors():
+    errors = e.errors()
+    for err in errors[:MAX_ERRORS]:
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             parts.append(f"{loc}: unknown key (check the spelling; see the README for the accepted keys)")
         elif not loc:  # a rule across fields: the message names them; the input is everything
             parts.append(msg)
+        elif isinstance(err.get("input"), dict):  # a section: its own message names the keys inside
+            parts.append(f"{loc}: {msg}")
         else:
-            parts.append(f"{loc}: {msg} (got {err.get('input')!r})")
+            parts.append(f"{loc}: {msg} (got {short(err.get('input'))})")
+    if len(errors) > MAX_ERRORS:
+        parts.append(f"... and {len(errors) - MAX_ERRORS} more error(s)")
     return f"{prefix}: " + "; ".join(parts)
 
 
@@ -58,8 +74,88 @@ SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def check_token(field: str, value: str) -> str:
-    if not isinstance(value, str) or not SAFE_TOKEN.match(value):
+    if not isinstance(value, str) or not SAFE_TOKEN.fullmatch(value):
         raise ValueError(
-            f"{field}={value!r}: use 1-64 letters, digits, '.', '_' or '-' (it becomes a directory name)"
+            f"{field}={short(value)}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit (it becomes a directory name)"
         )
     return value
+
+
+# ---------------------------------------------------------------------------- paths
+
+#: what a path given in campaign config may contain: it ends up in job scripts, submit files
+#: and DAGMan files, so no blanks, quotes, ``$`` (HTCondor macros), globs or shell characters
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._+@=,/-]*")
+MAX_PATH_LEN = 1024
+_PATH_CHARS = "letters, digits and '/._+@=,-' (no blanks, quotes, '~', '$', '`', ';', '|', '&', '<', '>', '*')"
+
+
+def check_site_path(field: str, value: str) -> str:
+    """An absolute, normalised path on the site made of safe characters; ``..`` is refused."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string (got {short(value)})")
+    if len(value) > MAX_PATH_LEN:
+        raise ValueError(f"{field} is {len(value)} characters long; a path has at most {MAX_PATH_LEN}")
+    if not value.startswith("/"):
+        raise ValueError(f"{field}={short(value)} must be an absolute path on the site (starting with '/'); "
+                         "'~' and relative paths are not expanded")
+    if not SAFE_PATH.fullmatch(value):
+        raise ValueError(f"{field}={short(value)}: a path may only contain {_PATH_CHARS}")
+    comps = value.rstrip("/").split("/")[1:]
+    if ".." in comps or "." in comps:
+        raise ValueError(f"{field}={short(value)} must not contain '.' or '..' components: give the real directory")
+    if value != "/" and posixpath.normpath(value) != value.rstrip("/"):
+        raise ValueError(f"{field}={short(value)} is not normalised: use {posixpath.normpath(value)!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- command templates
+
+#: one argv item of a user command template: placeholders, flags, module names, relative paths
+SAFE_ARG = re.compile(r"[A-Za-z0-9_./=:,+@%{}-]+")
+MAX_ARGS = 64
+MAX_ARG_LEN = 512
+_DOTDOT = re.compile(r"(^|[/=:,])\.\.(/|$)")
+
+
+def check_argv_template(field: str, argv: Any, placeholders: frozenset[str] | set[str]) -> list[str]:
+    """A job command template (argv list) from campaign config, checked before anything runs.
+
+    Items are plain ``{name}`` placeholders and literal text of safe characters: the argv is
+    quoted when rendered, but refusing shell characters, absolute literal paths (site paths
+    come from placeholders such as ``{remote_root}``; programs from PATH set by the site's
+    env_script) and ``..`` keeps every value a job sees under remote_root.
+    """
+    if not isinstance(argv, list) or not argv:
+        raise ValueError(f"{field} must be a non-empty list of strings (an argv), e.g. [\"{{python}}\", \"-m\", "
+                         f"\"source.generate\"] (got {short(argv)})")
+    if len(argv) > MAX_ARGS:
+        raise ValueError(f"{field} has {len(argv)} items; at most {MAX_ARGS}")
+    for i, item in enumerate(argv):
+        where = f"{field}[{i}]"
+        if not isinstance(item, str):
+            raise ValueError(f"{where} must be a string (got {short(item)})")
+        if len(item) > MAX_ARG_LEN:
+            raise ValueError(f"{where} is {len(item)} characters long; at most {MAX_ARG_LEN}")
+        if not SAFE_ARG.fullmatch(item):
+            raise ValueError(f"{where}={short(item)}: use letters, digits, '_./=:,+@%-' and {{placeholders}} only "
+                             "(no blanks, quotes or shell characters: the command is not run by a shell)")
+        try:
+            fields = list(_FMT.parse(item))
+        except ValueError as e:
+            raise ValueError(f"{where}={short(item)}: bad placeholder ({e}); write {{name}}") from None
+        for _, name, spec, conv in fields:
+            if name is None:
+                continue
+            if name not in placeholders or spec or conv:
+                raise ValueError(f"{where}={short(item)}: {{{name}{'!' + conv if conv else ''}"
+                                 f"{':' + spec if spec else ''}}} is not a known placeholder; use one of "
+                                 + ", ".join(f"{{{p}}}" for p in sorted(placeholders)))
+        if item.startswith("/") or "=/" in item:
+            raise ValueError(f"{where}={short(item)}: no absolute paths in a command template; use a placeholder "
+                             "({remote_root}, {batch_root}, {out_dir}, ...) or put the program on PATH with the "
+                             "site's env_script")
+        if _DOTDOT.search(item):
+            raise ValueError(f"{where}={short(item)}: '..' is refused (it could leave remote_root)")
+    return argv

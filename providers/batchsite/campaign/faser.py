@@ -20,12 +20,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchsite.campaign.common import CampaignConfigError, check_token, explain_validation, render_argv
+from batchsite.campaign.common import (
+    CampaignConfigError, check_site_path, check_token, explain_validation, render_argv, short,
+)
 
 MAX_ITERATIONS = 10
 MAX_FILES = 2000
 FLAVOURS = ("espresso", "microcentury", "longlunch", "workday", "tomorrow", "testmatch", "nextweek")
-_ABS = re.compile(r"^/[^\x00\n]*$")
+#: HTCondor ``requirements``: one ClassAd expression, no submit-language macros (``$(...)``)
+MAX_REQUIREMENTS_LEN = 2000
+#: bounds of sizes in config.json (a typo of three zeros is refused, not submitted)
+MAX_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB
+MAX_IDLE = 100_000
+MAX_POLL_SECONDS = 24 * 3600
 
 
 # ---------------------------------------------------------------------------- config.json
@@ -44,34 +51,30 @@ class PathsConfig(_Section):
     @field_validator("*")
     @classmethod
     def _abs(cls, v, info):
-        if v is not None and not _ABS.match(v):
-            raise ValueError(f"{info.field_name} must be an absolute path on the site (got {v!r})")
-        if v is not None and ("/../" in v + "/" or v.endswith("/..")):
-            raise ValueError(f"{info.field_name} must not contain '..'")
-        return v
+        # absolute, normalised, safe characters, no '..': these paths end up in job scripts,
+        # submit files and DAG files on the site
+        return v if v is None else check_site_path(info.field_name, v)
 
 
 class HTCondorConfig(_Section):
     job_flavour: Literal["espresso", "microcentury", "longlunch", "workday", "tomorrow", "testmatch",
                          "nextweek"] = "longlunch"
     request_cpus: int = Field(default=1, ge=1, le=64)
-    request_memory_mb: int | None = Field(default=None, ge=1)
+    request_memory_mb: int | None = Field(default=None, ge=1, le=MAX_MEMORY_MB)
     max_retries: int = Field(default=3, ge=0, le=20)
     requirements: str | None = None
     spool: bool = False
-    maxidle: int | None = Field(default=None, ge=1)
+    maxidle: int | None = Field(default=None, ge=1, le=MAX_IDLE)
 
     @field_validator("requirements")
     @classmethod
     def _req(cls, v):
-        if v is not None and ("\n" in v or "\x00" in v):
-            raise ValueError("requirements must be a single line")
-        return v
+        return v if v is None else check_requirements(v)
 
 
 class AlignmentConfig(_Section):
     default_iterations: int = Field(default=10, ge=1, le=MAX_ITERATIONS)
-    polling_interval_seconds: int = Field(default=300, ge=1)
+    polling_interval_seconds: int = Field(default=300, ge=1, le=MAX_POLL_SECONDS)
     tracks_per_file: int = Field(default=2000, ge=10, le=10**7)
 
 
@@ -105,6 +108,31 @@ class FaserConfig(_Section):
         return bool(self.paths.calypso_install)
 
 
+def check_requirements(v: str) -> str:
+    """``htcondor.requirements``: one ClassAd expression, e.g. ``(OpSysAndVer =?= "AlmaLinux9")``.
+
+    It is written into the submit file as is, so newlines (a second submit command), ``$``
+    (submit-language macros such as ``$(...)``), backticks and ``;`` are refused, and the text
+    must parse as a ClassAd expression (``classad2``) before anything is submitted.
+    """
+    if len(v) > MAX_REQUIREMENTS_LEN:
+        raise ValueError(f"requirements is {len(v)} characters long; at most {MAX_REQUIREMENTS_LEN}")
+    bad = sorted({c for c in v if c in "\n\r\x00$`;\\" or not c.isprintable()})
+    if bad:
+        raise ValueError(f"requirements={short(v)}: one ClassAd expression on one line, without "
+                         f"{', '.join(repr(c) for c in bad)} (e.g. '(OpSysAndVer =?= \"AlmaLinux9\")')")
+    try:
+        import classad2
+    except ImportError:  # htcondor is a dependency; without it the submit step validates the file
+        return v
+    try:
+        classad2.ExprTree(v)
+    except Exception:  # classad2.ClassAdException, ValueError
+        raise ValueError(f"requirements={short(v)} is not a ClassAd expression "
+                         "(e.g. '(OpSysAndVer =?= \"AlmaLinux9\") && (Memory > 2000)')") from None
+    return v
+
+
 def parse_config(raw: dict[str, Any] | None) -> FaserConfig:
     try:
         return FaserConfig.model_validate(raw or {})
@@ -117,24 +145,25 @@ def parse_config(raw: dict[str, Any] | None) -> FaserConfig:
 def parse_files(spec: str) -> list[int]:
     """``400`` / ``400-450`` / ``400:450`` -> raw file numbers (end-exclusive)."""
     s = str(spec).strip()
-    m = re.fullmatch(r"(\d{1,6})(?:([-:])(\d{1,6}))?", s)
+    m = re.fullmatch(r"([0-9]{1,6})(?:([-:])([0-9]{1,6}))?", s)
     if not m:
-        raise ValueError(f"files={spec!r}: use N, START-END or START:END with digits only (END exclusive)")
+        raise ValueError(f"files={short(spec)}: use N, START-END or START:END with digits only (END exclusive)")
     start = int(m.group(1))
     if m.group(3) is None:
         return [start]
     end = int(m.group(3))
     if end <= start:
-        raise ValueError(f"files={spec!r}: the range is empty or reversed (END is exclusive: 400-450 = 400..449)")
+        raise ValueError(f"files={short(spec)}: the range is empty or reversed (END is exclusive: 400-450 = 400..449)")
     if end - start > MAX_FILES:
-        raise ValueError(f"files={spec!r}: {end - start} files is more than {MAX_FILES}")
+        raise ValueError(f"files={short(spec)}: {end - start} files is more than {MAX_FILES}")
     return list(range(start, end))
 
 
 def pad_run(run: str | int) -> str:
-    s = str(run).strip()
-    if not re.fullmatch(r"\d{1,6}", s):
-        raise ValueError(f"run={run!r}: a run number has 1-6 digits (it is zero-padded to 6: 11705 -> 011705)")
+    ok = isinstance(run, str) or (isinstance(run, int) and not isinstance(run, bool) and 0 <= run < 10**6)
+    s = str(run).strip() if ok else ""
+    if not re.fullmatch(r"[0-9]{1,6}", s):
+        raise ValueError(f"run={short(run)}: a run number has 1-6 digits (it is zero-padded to 6: 11705 -> 011705)")
     return s.zfill(6)
 
 
@@ -168,11 +197,18 @@ class FaserParams(BaseModel):
     def _conn(cls, v):
         return check_token("site_conn_id", v)
 
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v):
+        # a field validator (not the cross check below), so a bad config.json key is reported
+        # together with every other bad Param
+        parse_config(v)
+        return v
+
     @model_validator(mode="after")
     def _cross(self) -> FaserParams:
         if self.fourst and self.threest:
             raise ValueError("fourst and threest are exclusive: choose one (3-station is the default)")
-        parse_config(self.config)
         return self
 
     @property

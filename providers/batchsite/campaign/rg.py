@@ -20,11 +20,18 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchsite.campaign.common import CampaignConfigError, check_token, explain_validation, render_argv
+from batchsite.campaign.common import (
+    SAFE_PATH, CampaignConfigError, check_argv_template, check_token, explain_validation, render_argv, short,
+)
 
 #: rounds unrolled in the Airflow DAG (steps + repairs); replan fails clearly beyond it
 MAX_ROUNDS = 12
 MAX_STEPS = 10
+MAX_SAMPLES = 10**10
+#: numpy's legacy ``np.random.seed`` (a group's own payload may use it) takes 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+MAX_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB
+MAX_BATCHES = 1000
 
 DEFAULT_COMMANDS: dict[str, list[str]] = {
     # the reference payload (include/rg_reference, staged to <remote_root>/code/source)
@@ -36,6 +43,11 @@ DEFAULT_COMMANDS: dict[str, list[str]] = {
 }
 
 
+#: the placeholders a command template may use (the values round_def renders)
+PLACEHOLDERS = frozenset({"python", "batch_root", "out_dir", "step", "seed", "samples", "input_hist", "shift", "type",
+                          "batches", "version", "method", "remote_root", "initial", "batch"})
+
+
 class RGParams(BaseModel):
     """Everything a run of the RG campaign is told (the DAG's Params, validated again here)."""
 
@@ -45,19 +57,19 @@ class RGParams(BaseModel):
     type: Literal["FP", "EXP"] = "FP"
     version: str = "v1"
     steps: int = Field(default=4, ge=1, le=MAX_STEPS)
-    samples: int = Field(default=100_000, ge=100, le=10**10, description="samples per RG step")
-    batches: int = Field(default=32, ge=1, le=1000)
-    throttle: int = Field(default=4, ge=1)
-    seed: int = Field(default=1, ge=0, le=2**63 - 1)
+    samples: int = Field(default=100_000, ge=100, le=MAX_SAMPLES, description="samples per RG step")
+    batches: int = Field(default=32, ge=1, le=MAX_BATCHES)
+    throttle: int = Field(default=4, ge=1, le=MAX_BATCHES)
+    seed: int = Field(default=1, ge=0, le=MAX_SEED)
     method: Literal["analytic", "numerical"] = "analytic"
     site_conn_id: str = "local"
     shifts: list[float] = Field(default_factory=list, max_length=64)
     tolerance: float = Field(default=0.02, gt=0, le=2)
     fp_version: str | None = None
-    max_samples: int = Field(default=10**8, ge=100)
+    max_samples: int = Field(default=10**8, ge=100, le=MAX_SAMPLES)
     max_repairs: int = Field(default=2, ge=0, le=5)
     time_minutes: int | None = Field(default=None, gt=0, le=60 * 24 * 7)
-    mem_mb: int | None = Field(default=None, gt=0)
+    mem_mb: int | None = Field(default=None, gt=0, le=MAX_MEMORY_MB)
     code_dir: str | None = None  # local dir of the group's own `source/` package (default: reference)
     commands: dict[str, list[str]] | None = None
 
@@ -73,17 +85,25 @@ class RGParams(BaseModel):
 
         if v is None:
             return v
-        if not os.path.isabs(v) or not os.path.isfile(os.path.join(v, "__init__.py")):
-            raise ValueError(f"code_dir={v!r} must be the absolute path of a local package directory "
-                             "(with __init__.py), staged as <remote_root>/code/source")
+        what = ("must be the absolute path of a local package directory (with __init__.py), staged as "
+                "<remote_root>/code/source")
+        if len(v) > 1024 or not os.path.isabs(v):
+            raise ValueError(f"code_dir={short(v)} {what}")
+        if not SAFE_PATH.fullmatch(v):
+            raise ValueError(f"code_dir={short(v)}: use a directory whose path has only letters, digits and "
+                             "'/._+@=,-' (no blanks, quotes or shell characters)")
+        if {".", ".."} & set(v.split("/")):
+            raise ValueError(f"code_dir={short(v)} must not contain '.' or '..' components: give the real directory")
+        if not os.path.isfile(os.path.join(v, "__init__.py")):
+            raise ValueError(f"code_dir={short(v)} {what}; there is no {os.path.join(v, '__init__.py')}")
         return os.path.normpath(v)
 
     @field_validator("shifts")
     @classmethod
     def _shifts(cls, v):
-        for s in v:
+        for i, s in enumerate(v):
             if not math.isfinite(s) or abs(s) > 50:
-                raise ValueError(f"shift {s!r} must be a finite number with |shift| <= 50")
+                raise ValueError(f"shifts[{i}]={short(s)} must be a finite number with |shift| <= 50")
         return v
 
     @field_validator("commands")
@@ -93,10 +113,11 @@ class RGParams(BaseModel):
             return v
         unknown = set(v) - set(DEFAULT_COMMANDS)
         if unknown:
-            raise ValueError(f"unknown command(s) {sorted(unknown)}; known: {sorted(DEFAULT_COMMANDS)}")
+            names = sorted(unknown)
+            shown = ", ".join(short(n, 40) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise ValueError(f"unknown command(s) {shown}; known: {sorted(DEFAULT_COMMANDS)}")
         for name, argv in v.items():
-            if not argv or not all(isinstance(a, str) and "\n" not in a and "\x00" not in a for a in argv):
-                raise ValueError(f"commands.{name} must be a non-empty list of single-line strings")
+            check_argv_template(f"commands.{name}", argv, PLACEHOLDERS)
         return v
 
     @model_validator(mode="after")
