@@ -35,7 +35,6 @@ import pwd
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -84,12 +83,17 @@ BASELINE_OVERRIDES = {
     "faser_alignment": {"config": BENIGN_FASER_CONFIG, "files": "400-402", "iterations": 2},
 }
 
-#: values a layer accepts on purpose: (target, field, class) -> why it is harmless
+#: values accepted on purpose: (field, class) -> why that is harmless. A value listed here must
+#: still pass the field's proof in PROOFS (if any); everything else must be refused.
 BY_DESIGN = {
-    ("batchsite faser-align flags", "--out", "traversal"):
-        "--out is the user's own LOCAL output directory: it is resolved with abspath (so '..' is fine), "
-        "the rendered files land only there, and nothing is run",
-    ("batchsite faser-align flags", "--out", "path-kind"):
+    ("htcondor.requirements", "shell"):
+        "a ClassAd expression: '&&' and '|' are ClassAd operators, and 'v1 && touch /a /b' parses as one "
+        "(attributes divided). It is written as ONE 'requirements = ...' line of the submit file and "
+        "evaluated by HTCondor, never by a shell (PROOFS renders the round and checks exactly that)",
+    ("--out", "traversal"):
+        "--out is the user's own LOCAL output directory: resolved with abspath (so '..' is fine); the rendered "
+        "files land only there (the test checks nothing appears next to its root) and nothing is run",
+    ("--out", "path-kind"):
         "--out may be relative (resolved against the current directory); nothing is run",
 }
 #: values Airflow's Param schema refuses but the first task accepts on purpose
@@ -129,7 +133,7 @@ class Case:
     @property
     def name(self) -> str:
         """The name the error must mention: the field, or the dotted key inside a model-backed object."""
-        if len(self.path) > 1 and self.path[0] in OBJECT_MODELS:
+        if len(self.path) > 1 and (self.path[0] in OBJECT_MODELS or self.path[0] == "--config"):
             return ".".join(self.path[1:])
         return ".".join(self.path)
 
@@ -201,7 +205,10 @@ def scalar_hostiles(c: Canary, schema: dict, *, takes_abs: bool, benign_abs: str
     path_kind = (["etc/passwd", "~/x", "./x", "~root/.ssh"] if takes_abs
                  else ["/etc", "/etc/passwd", "/root/.ssh", str(c.local)])
     huge = ["a" * 100_000, "4" * 100_000, "/" + "a/" * 50_000, 10**12, -(10**12), 2**64, 1e308, -1e308,
-            math.inf, math.nan, [1] * 100_000, {f"k{i}": 1 for i in range(10_000)}]
+            math.inf, math.nan]
+    # huge containers where a container is expected (elsewhere [1] and {"a": 1} are wrong types already)
+    huge += [[1] * 100_000] if "array" in types else []
+    huge += [{f"k{i}": 1 for i in range(10_000)}] if "object" in types else []
     wrong = [None, True, [1], {"a": 1}, "1", 1, 1.5]
     if enum is not None:
         wrong = [w for w in wrong if not any(w == e and type(w) is type(e) for e in enum)]
@@ -269,12 +276,47 @@ def judge_task(case: Case, validate: Callable[[dict], Any], conf: dict) -> None:
         case.crash = f"{type(e).__name__}: {e}"[:300]
 
 
+# ============================================================================ proofs of harmlessness
+
+def requirements_only_in_the_submit_file(c: Case) -> str | None:
+    """``htcondor.requirements`` accepted: render iteration 1 for HTCondor as the DAG would and
+    check the value is one ``requirements`` line of the submit files, parsed by HTCondor as that
+    expression, and in no shell script."""
+    import tempfile
+
+    import htcondor2
+
+    value = c.value
+    config = set_path(BENIGN_FASER_CONFIG, ("htcondor", "requirements"), value)
+    conf = faser.parse_params({"files": "400-402", "config": config}).model_dump(mode="json")
+    with tempfile.TemporaryDirectory() as out:
+        r = cli.render_first_round(conf, scheduler="htcondor", out=out)
+    subs = {n: t for n, t in r["files"].items() if n.endswith(".sub")}
+    if not subs:
+        return "no submit file rendered"
+    for name, text in r["files"].items():
+        if name.endswith(".sub"):
+            lines = [ln for ln in text.splitlines() if ln.split("=")[0].strip().lower() == "requirements"]
+            if len(lines) != 1:
+                return f"{name}: {len(lines)} requirements lines"
+            got = htcondor2.Submit(text)["requirements"]
+            if got != value:
+                return f"{name}: HTCondor reads requirements as {got!r}"
+        elif value in text:
+            return f"the value appears in {name}, which is not a submit file"
+    return None
+
+
+PROOFS: dict[str, Callable[[Case], str | None]] = {"htcondor.requirements": requirements_only_in_the_submit_file}
+
+
 # ============================================================================ bookkeeping
 
-def refusal_excerpt(c: Case, n: int = 110) -> str:
-    """The refusal, from where it names the field."""
+def refusal_excerpt(c: Case, n: int = 100) -> str:
+    """The refusal, from where it names the field (the last line that does: argparse puts its
+    usage first and the error last)."""
     for msg in (c.task_err, c.airflow_err):
-        for line in (msg or "").splitlines():
+        for line in reversed((msg or "").splitlines()):
             for name in (c.name, *c.alt_names):
                 m = re.search(rf"(?<![\w.]){re.escape(name)}(?=[.:=\[ (]|$)", line)
                 if m:
@@ -298,7 +340,10 @@ class Tally:
             if c.crash:
                 problems.append(f"{head}: crashed instead of a clear refusal: {c.crash}")
             elif not c.rejected:
-                if (self.target, c.name, c.cls) in by_design:
+                if (c.name, c.cls) in by_design:
+                    why_not = PROOFS[c.name](c) if c.name in PROOFS else None
+                    if why_not:
+                        problems.append(f"{head}: accepted by design but NOT harmless: {why_not}")
                     self.accepted_by_design.append(c)
                 else:
                     problems.append(f"{head}: ACCEPTED")
@@ -314,8 +359,11 @@ class Tally:
         row.executed = executed
         row.remote_commands = remote
         ex, used = [], set()
+        plain = ("Input should be", "is not one of", "is not of type", "invalid int", "invalid float", "invalid choice")
         for cls in CLASSES:  # one refusal per class, on different fields, quoted from where it names the field
             pool = [c for c in self.cases if c.cls == cls and c.rejected]
+            # rather a refusal by a rule of ours than a plain type error, when there is one
+            pool.sort(key=lambda c: any(t in refusal_excerpt(c) for t in plain))
             c = next((c for c in pool if c.name not in used and c.label == "e2e"), None) or \
                 next((c for c in pool if c.name not in used), None) or next(iter(pool), None)
             if c:
@@ -417,9 +465,18 @@ def conn_env(hostile_conn):
         yield
 
 
+def canary_name() -> str:
+    """``canary-<uuid>``; the uuid starts with a letter, so the values that embed it are the same
+    kind of text on every run (``canary-0abc`` and ``canary-abc`` lex differently as ClassAds)."""
+    while True:
+        h = uuid.uuid4().hex
+        if h[0].isalpha():
+            return f"canary-{h}"
+
+
 @pytest.fixture(scope="module")
 def canary(work, site_info) -> Canary:
-    return Canary(work / f"canary-{uuid.uuid4().hex}", f"{site_info['remote_root']}/canary-{uuid.uuid4().hex}")
+    return Canary(work / canary_name(), f"{site_info['remote_root']}/{canary_name()}")
 
 
 @pytest.fixture(scope="module")
@@ -515,29 +572,37 @@ def pick_e2e(cases: list[Case]) -> list[list[Case]]:
     over gets a run of its own with a value Airflow refuses.
     """
     def ok(c: Case) -> bool:
+        if isinstance(c.value, (str, list, dict)) and len(c.value) > 1000:
+            return False  # a 100 kB value on the command line of `airflow dags test`: kept in-process
         try:
-            n = len(json.dumps(c.value, allow_nan=False))
+            json.dumps(c.value, allow_nan=False)
         except ValueError:
             return False
-        return n < 4000 and c.path[0] != "site_conn_id"
+        return c.path[0] != "site_conn_id"  # the run must point at the real site
 
     def rank(c: Case) -> tuple:  # prefer values that would run the canary command, then short ones
-        return ("touch" not in json.dumps(c.value), len(json.dumps(c.value)))
+        text = json.dumps(c.value)
+        return "touch" not in text, "etc" not in text, len(text)
 
-    through = {cls: sorted((c for c in cases if c.cls == cls and ok(c) and c.task_err and not c.airflow_err),
-                           key=rank) for cls in CLASSES}
+    # a shell value sent end to end must carry the canary command
+    through = {cls: sorted((c for c in cases if c.cls == cls and ok(c) and c.task_err and not c.airflow_err
+                            and (cls != "shell" or "touch" in json.dumps(c.value))), key=rank) for cls in CLASSES}
     best: dict[str, Case] = {}
+
+    # most classes in the first run; among those, one with the shell (canary) value in it
+    def score(chosen: dict) -> tuple:
+        return len(chosen), "shell" in chosen
 
     def search(i: int, order: list[str], used: set, chosen: dict) -> None:
         nonlocal best
-        if len(chosen) + (len(order) - i) <= len(best):
+        if best and (len(chosen) + len(order) - i, "shell" in chosen or "shell" in order[i:]) <= score(best):
             return
         if i == len(order):
             best = dict(chosen)
             return
         cls = order[i]
         seen = set()
-        for c in through[cls]:
+        for c in through[cls]:  # best-ranked value per field only
             if c.path in used or c.path in seen:
                 continue
             seen.add(c.path)
@@ -661,7 +726,7 @@ def enumerate_model(target: str, model: type[BaseModel], baseline: dict, validat
 
 @pytest.mark.parametrize("target", ["RG config", "FASER config.json"])
 def test_every_model_field_refuses_hostile_values(target, work, benign_abs, hostile_key, conn_env, hostile_record):
-    c = Canary(work / f"canary-{uuid.uuid4().hex}")
+    c = Canary(work / canary_name())
     before = hostile_key.logins()
     if target == "RG config":
         base = {**BASELINE_OVERRIDES["rg_campaign"], "site_conn_id": CONN_ID}
@@ -692,7 +757,7 @@ def faser_align_flags() -> list:
 
 def test_faser_align_flags_refuse_hostile_values(work, hostile_key, conn_env, hostile_record, capsys, monkeypatch):
     target = "batchsite faser-align flags"
-    c = Canary(work / f"canary-{uuid.uuid4().hex}")
+    c = Canary(work / canary_name())
     before = hostile_key.logins()
     before_work = [p.name for p in work.iterdir()]
     root = work / "cli"
@@ -775,7 +840,7 @@ def test_faser_align_flags_refuse_hostile_values(work, hostile_key, conn_env, ho
 
 def test_zz_the_counted_key_works_and_sshd_logs_it(hostile_key, conn_env):
     """The zero above means something: the same connection (same key) reaches the site, and
-    sshd's log then holds exactly one accepted login with the key's fingerprint."""
+    sshd's log then holds an accepted login with the key's fingerprint."""
     from batchsite.hooks.site import site_from_conn_id
 
     assert hostile_key.accepted() == 0
@@ -798,4 +863,4 @@ def test_zz_the_counted_key_works_and_sshd_logs_it(hostile_key, conn_env):
     deadline = time.monotonic() + 10
     while hostile_key.accepted() < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert hostile_key.accepted() == 1
+    assert hostile_key.accepted() >= 1

@@ -7,9 +7,10 @@ key given inline (SSH provider extras ``private_key`` + ``private_key_passphrase
 key_file), and an X509 proxy (``x509_proxy`` extra, mode 0600 here) whose content holds
 ``BSSECRET-x509-<uuid>`` and random base64 lines.
 
-Then ``airflow dags test`` runs real campaigns over SSH: ``rg_campaign`` on Slurm (2 steps),
-``rg_campaign`` on the HTCondor pool (1 step), and two failures that produce exception
-text (the proxy path missing; a wrong passphrase). Every secret string, 40-char slices of
+Then real runs over SSH, in two lanes at once (one Airflow DB each): ``airflow dags test
+rg_campaign`` on Slurm (2 steps); and ``airflow tasks test batchsite_test_jobs x509_probe``
+(a unit + a fan-in) on the HTCondor pool, then twice more, failing with exception text:
+the proxy path missing, a wrong passphrase. Every secret string, 40-char slices of
 the key's and the proxy's bodies and of their base64 forms are searched, byte-wise, in:
 the stdout/stderr of every run; the whole AIRFLOW_HOME (task logs, the SQLite DB with
 XComs, rendered fields, trigger rows); every file under this run's remote_root on the site
@@ -19,9 +20,9 @@ over a searched volume that is asserted to be non-trivial.
 
 On the site: each proxy copy is mode 0600 in a 0700 directory, owned by the site user,
 content equal, written once (not rewritten by the second round); every job saw
-X509_USER_PROXY pointing at it and read it (the generate command is wrapped by the
-campaign's ``commands`` param to record ``$X509_USER_PROXY``, ``test -r`` and the sha256 it
-read, never the content).
+X509_USER_PROXY pointing at it and read it (RG: the generate command runs through a probe
+script via the campaign's ``commands`` param; HTCondor: the test DAG's ``x509_probe`` task;
+both record ``$X509_USER_PROXY``, ``test -r`` and the sha256 read, never the content).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import re
 import secrets as pysecrets
@@ -47,7 +49,9 @@ import pytest
 
 from batchsite.campaign.rg import DEFAULT_COMMANDS
 
-from ..conftest import STATE, dags_test, on_site, site_conn, ssh_argv
+from ..conftest import REPO, STATE, VENV_BIN, airflow_env, dags_test, on_site, site_conn, ssh_argv
+
+TEST_DAGS = REPO / "tests" / "dags"
 
 # what each unit records before running the payload: the path it was given, whether it can
 # read it, the sha256 of what it read (never the content). Campaign commands are plain tokens
@@ -153,8 +157,11 @@ def secret_conn(info: dict, scheduler: str, s: Secrets, remote_root: str, **extr
     return c
 
 
-def grep(blobs, needles: dict[str, bytes], where: str, found: list[str]) -> tuple[int, int]:
-    """``blobs``: (name, bytes) pairs. Appends '<where>:<name>: <needle label>' per hit."""
+def grep(blobs, needles: dict[str, bytes], where: str, found: list[str],
+         controls: dict[str, bytes] | None = None, seen: set | None = None) -> tuple[int, int]:
+    """``blobs``: (name, bytes) pairs. Appends '<where>:<name>: <needle label>' per hit to
+    ``found``; adds the label of each control (a non-secret string of this run: proof that
+    the searched data holds this run's traces) found somewhere to ``seen``."""
     files = size = 0
     for name, data in blobs:
         files += 1
@@ -162,6 +169,9 @@ def grep(blobs, needles: dict[str, bytes], where: str, found: list[str]) -> tupl
         for label, n in needles.items():
             if n in data:
                 found.append(f"{where}:{name}: {label}")
+        for label, c in (controls or {}).items():
+            if c in data and seen is not None:
+                seen.add(label)
     return files, size
 
 
@@ -190,12 +200,23 @@ def site_tar(info: dict, paths: list[str], exclude: list[str]):
                 yield m.name, tar.extractfile(m).read()
 
 
-def _run(home, dag: str, conf: dict, timeout: int = 240, **conns) -> str:
+def _run(home, dag: str, conf: dict, timeout: int = 240, **conns) -> tuple[int, str]:
     t0 = time.monotonic()
     r = dags_test(home, dag, conf, timeout=timeout, **conns)
-    out = r.stdout + r.stderr
     print(f"dags test {dag} {conf['site_conn_id']}: rc {r.returncode} in {time.monotonic() - t0:.0f}s")
-    return out
+    return r.returncode, r.stdout + r.stderr
+
+
+def _task(home, task_id: str, params: dict, timeout: int = 180, **conns) -> tuple[int, str]:
+    """``airflow tasks test batchsite_test_jobs <task>`` (a temporary run, trigger inline)."""
+    env = airflow_env(home, **conns)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
+    t0 = time.monotonic()
+    r = subprocess.run(["timeout", "-s", "KILL", str(timeout), str(VENV_BIN / "airflow"), "tasks", "test",
+                        "batchsite_test_jobs", task_id, "-t", json.dumps(params)],
+                       env=env, capture_output=True, text=True)
+    print(f"tasks test {task_id} {params['site']}: rc {r.returncode} in {time.monotonic() - t0:.0f}s")
+    return r.returncode, r.stdout + r.stderr
 
 
 def clone_home(src: Path, dst: Path) -> Path:
@@ -232,40 +253,45 @@ def test_no_secret_in_any_output_and_credentials_are_0600(site_info, condor_pool
                        capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
 
-    base = {"samples": 400, "batches": 2, "throttle": 2, "tolerance": 1e-9, "commands": probe_commands()}
-    runs = {  # name: (AIRFLOW_HOME, conf); all four at once, each with its own Airflow DB
-        "slurm": (airflow_home, {"site_conn_id": "sec_slurm", "version": version, "steps": 2}),
-        "htcondor": (clone_home(airflow_home, tmp_path / "home_condor"),
-                     {"site_conn_id": "sec_condor", "version": version + "c", "steps": 1}),
-        "missing proxy": (clone_home(airflow_home, tmp_path / "home_missing"),
-                          {"site_conn_id": "sec_missing", "version": version + "m", "steps": 1}),
-        "wrong passphrase": (clone_home(airflow_home, tmp_path / "home_wrongpass"),
-                             {"site_conn_id": "sec_wrongpass", "version": version + "w", "steps": 1}),
-    }
-    with ThreadPoolExecutor(len(runs)) as ex:
-        futs = {name: ex.submit(_run, home, "rg_campaign", {**base, **conf}, **conns)
-                for name, (home, conf) in runs.items()}
-        outputs = {name: f.result() for name, f in futs.items()}
-    homes = [home for home, _ in runs.values()]
+    rg = {"samples": 400, "batches": 2, "throttle": 2, "tolerance": 1e-9, "commands": probe_commands(),
+          "site_conn_id": "sec_slurm", "version": version, "steps": 2}
+    tag = f"t{s.uid[6:12]}"
+    home_b = clone_home(airflow_home, tmp_path / "home_b")
+
+    def lane_b() -> dict[str, tuple[int, str]]:
+        return {name: _task(home_b, "x509_probe", {"site": conn_id, "tag": f"{tag}{suffix}"}, **conns)
+                for name, conn_id, suffix in (("htcondor", "sec_condor", ""), ("missing proxy", "sec_missing", "m"),
+                                              ("wrong passphrase", "sec_wrongpass", "w"))}
+
+    with ThreadPoolExecutor(2) as ex:
+        fa = ex.submit(_run, airflow_home, "rg_campaign", rg, **conns)
+        fb = ex.submit(lane_b)
+        results = {"slurm": fa.result(), **fb.result()}
+    outputs = {name: out for name, (_, out) in results.items()}
+    homes = [airflow_home, home_b]
     t_runs = time.monotonic()
     for name, text in outputs.items():  # for whoever reads a failure
-        (tmp_path / f"dags-test-{name.replace(' ', '-')}.txt").write_text(text)
-    print(f"dags test outputs in {tmp_path}")
+        (tmp_path / f"run-{name.replace(' ', '-')}.txt").write_text(text)
+    print(f"run outputs in {tmp_path}")
 
-    # ---- the campaigns ran (over SSH with the inline encrypted key), the failures say why
-    finished = {name: re.findall(r"DagRun Finished: .*? state=(\w+)", out) for name, out in outputs.items()}
-    for name in ("slurm", "htcondor"):
-        assert finished[name] == ["success"], f"{name}:\n{outputs[name][-6000:]}"
+    # ---- the runs ran (over SSH with the inline encrypted key), the failures say why
+    finished = re.findall(r"DagRun Finished: .*? state=(\w+)", outputs["slurm"])
+    assert results["slurm"][0] == 0 and finished == ["success"], outputs["slurm"][-6000:]
     assert re.search(r"RG step 2: 2/2 done; fan-in done", outputs["slurm"]), outputs["slurm"][-4000:]
+    assert results["htcondor"][0] == 0 and "x509_probe: 1/1 done; fan-in done" in outputs["htcondor"], \
+        outputs["htcondor"][-6000:]
+    # (``airflow tasks test`` exits 0 when the task fails: its log says so)
     out = outputs["missing proxy"]
-    assert finished["missing proxy"] == ["failed"], out[-4000:]
-    assert f"site connection 'sec_missing': extra x509_proxy='{missing}': no such file" in out, out[-4000:]
+    assert "Task failed with exception" in out and "new_state=failed" in out, out[-4000:]
+    # the path may show as *** : Airflow masks the values of extras named like "proxy"
+    assert re.search(r"CredentialError: site connection 'sec_missing': extra x509_proxy='(\*\*\*|"
+                     + re.escape(missing) + r")': no such file", out), out[-4000:]
     # ... before anything was submitted for that run
-    assert on_site(info, f"test -e {root}/job_logs/{version}m").returncode != 0
+    assert on_site(info, f"test -e {root}/test/{tag}m").returncode != 0
     out = outputs["wrong passphrase"]
-    assert finished["wrong passphrase"] == ["failed"], out[-4000:]
+    assert "Task failed with exception" in out and "new_state=failed" in out, out[-4000:]
     assert "Private key provided cannot be read" in out, out[-4000:]
-    assert on_site(info, f"test -e {root}/job_logs/{version}w").returncode != 0
+    assert on_site(info, f"test -e {root}/test/{tag}w").returncode != 0
 
     # ---- the proxy copies on the site: 0600, owner, content, written once
     want = hashlib.sha256(s.proxy_bytes).hexdigest()
@@ -290,48 +316,54 @@ def test_no_secret_in_any_output_and_credentials_are_0600(site_info, condor_pool
     assert t_copy <= t_rec1  # installed by round 1's submit command, before its record
 
     # ---- every job saw X509_USER_PROXY = its site's copy, readable, same content
-    seen = on_site(info, f"cd {root}/x509_seen && for f in *; do echo \"$f $(cat $f)\"; done").stdout.splitlines()
+    seen = on_site(info, f"cd {root} && for f in x509_seen/* test/{tag}/*/x509_seen_*; do echo \"${{f##*/}} $(cat $f)\"; "
+                         "done").stdout.splitlines()
     got = {ln.split()[0]: ln.split()[1:] for ln in seen if ln.strip()}
     expect = {f"{version}.RG{k}.b{b}": seen_paths["sec_slurm"] for k in (1, 2) for b in (0, 1)}
-    expect.update({f"{version}c.RG1.b{b}": seen_paths["sec_condor"] for b in (0, 1)})
+    expect.update({f"x509_seen_{n}": seen_paths["sec_condor"] for n in ("unit0", "fanin")})
     assert set(got) == set(expect), seen
     for k, (path, readable, digest) in got.items():
         assert (path, readable, digest) == (expect[k], "readable", want), k
 
     # ---- grep everything
     found: list[str] = []
-    counts = {}
-    counts["dags test output"] = grep(((k, v.encode()) for k, v in outputs.items()), s.needles, "output", found)
-    counts["AIRFLOW_HOME"] = (0, 0)
+    counts: dict[str, tuple[int, int]] = {}
+    controls = {"version": version.encode(), "tag": tag.encode()}
+
+    def search(label: str, blobs, where: str) -> set:
+        seen_here: set = set()
+        f, b = grep(blobs, s.needles, where, found, controls, seen_here)
+        f0, b0 = counts.get(label, (0, 0))
+        counts[label] = (f0 + f, b0 + b)
+        return seen_here
+
+    c_out = search("run outputs", ((k, v.encode()) for k, v in outputs.items()), "output")
+    c_home = set()
     for home in homes:
-        c = grep(local_files(home), s.needles, f"airflow_home {home.name}", found)
-        counts["AIRFLOW_HOME"] = (counts["AIRFLOW_HOME"][0] + c[0], counts["AIRFLOW_HOME"][1] + c[1])
+        c_home |= search("AIRFLOW_HOME", local_files(home), f"airflow_home {home.name}")
     excluded = [f"{cred_dir}/x509up.sec_slurm", f"{cred_dir}/x509up.sec_condor"]
-    counts["remote_root of this run"] = grep(site_tar(info, [root], excluded), s.needles, "site", found)
+    c_site = search("remote_root of this run", site_tar(info, [root], excluded), "site")
     condor_dir = on_site(info, "condor_config_val LOCAL_DIR").stdout.strip()
     assert condor_dir.startswith("/"), condor_dir
-    counts["HTCondor log+spool"] = grep(site_tar(info, [f"{condor_dir}/log", f"{condor_dir}/spool"], []),
-                                        s.needles, "condor", found)
-    counts["Slurm state+logs, sshd log"] = grep(
-        local_files(STATE / "slurm"), s.needles, "slurm", found)
-    c2 = grep(local_files(STATE / "log"), s.needles, "sitelog", found)
-    counts["Slurm state+logs, sshd log"] = tuple(a + b for a, b in zip(counts["Slurm state+logs, sshd log"], c2))
+    search("HTCondor log+spool", site_tar(info, [f"{condor_dir}/log", f"{condor_dir}/spool"], []), "condor")
+    search("Slurm state+logs, sshd log", local_files(STATE / "slurm"), "slurm")
+    search("Slurm state+logs, sshd log", local_files(STATE / "log"), "sitelog")
     t_grep = time.monotonic()
     summary = ", ".join(f"{k}: {f} files {b / 1e6:.1f} MB" for k, (f, b) in counts.items())
     print(f"secrets grep: {len(s.needles)} needles; {summary}; hits {len(found)}; "
           f"runs {t_runs - t_start:.0f}s, checks+grep {t_grep - t_runs:.0f}s")
     assert not found, "secrets found:\n" + "\n".join(found[:50])
-    # the search was not vacuous
-    assert counts["dags test output"][1] > 50_000
+    # the search was not vacuous: enough data, and it holds this run's own traces (the DB
+    # its XComs and rendered fields, the site its rendered scripts)
+    assert counts["run outputs"][1] > 50_000 and {"version", "tag"} <= c_out, counts
     files, size = counts["AIRFLOW_HOME"]
-    assert files >= 20 and size > 1_000_000, counts["AIRFLOW_HOME"]
+    assert files >= 2 * len(homes) and size > 1_000_000 and {"version", "tag"} <= c_home, (counts, c_home)
     files, size = counts["remote_root of this run"]
-    assert files >= 30 and size > 100_000, counts["remote_root of this run"]
-    assert counts["HTCondor log+spool"][0] >= 3 and counts["Slurm state+logs, sshd log"][0] >= 3
-    # and the needles would be found where they are: the proxy copy itself
-    copy_blobs = list(site_tar(info, [seen_paths["sec_slurm"]], []))
+    assert files >= 40 and size > 100_000 and {"version", "tag"} <= c_site, (counts, c_site)
+    assert counts["HTCondor log+spool"][0] >= 3 and counts["Slurm state+logs, sshd log"][0] >= 3, counts
+    # and the needles are found where they are: the proxy copy itself
     hits: list[str] = []
-    grep(copy_blobs, s.needles, "copy", hits)
-    assert len(hits) >= 5, hits
+    grep(site_tar(info, [seen_paths["sec_slurm"]], []), s.needles, "copy", hits)
+    assert {h.rsplit(": ", 1)[1] for h in hits} == {"x509 marker", *(f"proxy line {i} slice" for i in range(3))}, hits
 
     on_site(info, f"rm -rf {shlex.quote(root)}")

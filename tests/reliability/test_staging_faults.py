@@ -108,6 +108,29 @@ def test_remote_disk_full_during_staging(site_info, ssh_transport, tmp_path, fau
         mnt.rmdir()
 
 
+def _ppid_comm(pid: int) -> tuple[int, str]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1]), stat[stat.index("(") + 1:stat.rindex(")")]
+
+
+def site_info_listener() -> int:
+    from ..conftest import STATE
+
+    return int((STATE / "pids" / "sshd.pid").read_text().split()[0])
+
+
+def _session_sshds(pid: int, listener: int) -> list[int]:
+    """The sshd processes between ``pid`` and the sshd listener (the session's own)."""
+    found = []
+    while pid > 1 and pid != listener:
+        ppid, comm = _ppid_comm(pid)
+        if comm == "sshd":
+            found.append(pid)
+        pid = ppid
+    assert found, "the push's remote process does not run under an sshd session"
+    return found
+
+
 def _cut_when_half_way(parent: Path, stop: threading.Event, result: dict) -> None:
     """Once the site has extracted part of the push, freeze the remote tar (so the cut is really
     mid-transfer) and SIGKILL the sshd session process serving it: the connection is gone."""
@@ -115,16 +138,17 @@ def _cut_when_half_way(parent: Path, stop: threading.Event, result: dict) -> Non
     while not stop.is_set() and time.monotonic() < deadline:
         staged = [p for p in parent.glob(".batchsite-stage.*/f/*") if p.is_file()]
         if staged:
-            tars = subprocess.run(["pgrep", "-x", "tar", "-u", "bsite"], capture_output=True, text=True).stdout.split()
+            tars = subprocess.run(["pgrep", "-f", f"^tar -xf - -C {parent}/.batchsite-stage"],
+                                  capture_output=True, text=True).stdout.split()
             for tar in tars:
                 os.kill(int(tar), signal.SIGSTOP)
             result["staged_when_cut"] = len(staged)
             for tar in tars:
-                # tar <- bash (the push script) <- "sshd: bsite@notty": that session, nothing else
-                bash = int(Path(f"/proc/{tar}/stat").read_text().split(")")[1].split()[1])
-                sess = int(Path(f"/proc/{bash}/stat").read_text().split(")")[1].split()[1])
-                result.setdefault("killed", []).append(sess)
-                os.kill(sess, signal.SIGKILL)
+                # tar <- shells of the push script <- "sshd: bsite@notty" <- "sshd: bsite [priv]":
+                # end that one session (both sshd processes hold its socket), nothing else
+                for pid in _session_sshds(int(tar), site_info_listener()):
+                    result.setdefault("killed", []).append(pid)
+                    os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
             for tar in tars:
                 try:

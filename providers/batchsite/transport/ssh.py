@@ -101,7 +101,11 @@ class SSHTransport(Transport):
             chan.settimeout(1.0)
             chan.exec_command(line)
             if stdin:
-                chan.sendall(stdin)
+                # paramiko's sendall slices the remaining bytes after every 32 kB packet: quadratic,
+                # 1.8 MB/s for a 48 MB push. Feeding it 1 MB views keeps each copy small.
+                view = memoryview(stdin)
+                for i in range(0, len(view), 1 << 20):
+                    chan.sendall(view[i:i + (1 << 20)])
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = None if timeout is None else time.monotonic() + timeout
