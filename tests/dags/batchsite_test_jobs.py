@@ -62,5 +62,14 @@ def batchsite_test_jobs():
                        job_resources={"job_flavour": "microcentury"},
                        round_def={"on_hold": {"after_seconds": 2, "max_releases": 1}})
 
+    # the secrets test (tests/reliability/test_secrets.py): each unit and the fan-in record
+    # where X509_USER_PROXY points, whether they can read it and the sha256 they read (never
+    # the content) in x509_seen_<name> in the round's workdir
+    x509 = ('printf "%s %s %s\\n" "$X509_USER_PROXY" "$(test -r "$X509_USER_PROXY" && echo readable || '
+            'echo unreadable)" "$(sha256sum < "$X509_USER_PROXY" | cut -c1-64)" > x509_seen_$0')
+    BatchRoundOperator(task_id="x509_probe", site_conn_id="{{ params.site }}",
+                       units=[["sh", "-c", x509, "unit0"]], fanin=["sh", "-c", x509, "fanin"],
+                       workdir="test/{{ params.tag }}")
+
 
 batchsite_test_jobs()
