@@ -75,6 +75,17 @@ def classify_ssh_failure(opts: OpenSSHOptions, rc: int, err: bytes) -> None:
         raise TransportError(f"ssh {opts.user}@{opts.host}:{opts.port}: {text.strip()[-300:]}{hint}")
 
 
+def ensure_control_dir(control_path: str) -> None:
+    """The ControlMaster socket is a live, authenticated session: whoever can connect to it
+    runs commands as us. ssh creates it 0600, but only in an existing directory; we create a
+    missing one 0700 (never with the umask's wider bits). Nothing else is written: batchsite
+    never writes key material for this transport (keys stay in ``key_file`` or the agent)."""
+    d = os.path.dirname(control_path) or "."
+    if not os.path.isdir(d):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+
+
 class OpenSSHTransport(Transport):
     kind = "openssh"
 
@@ -84,6 +95,7 @@ class OpenSSHTransport(Transport):
 
     def _exec(self, line, stdin, timeout):
         if not os.path.exists(self.opts.control_path):
+            ensure_control_dir(self.opts.control_path)
             self.counters.connections_opened += 1
         rc, out, err = run_argv(self.opts.argv(line), stdin, timeout)
         classify_ssh_failure(self.opts, rc, err)
@@ -103,6 +115,7 @@ class AsyncOpenSSHTransport(AsyncTransport):
 
     async def _exec(self, line, stdin, timeout):
         if not os.path.exists(self.opts.control_path):
+            ensure_control_dir(self.opts.control_path)
             self.counters.connections_opened += 1
         rc, out, err = await run_argv_async(self.opts.argv(line), stdin, timeout)
         classify_ssh_failure(self.opts, rc, err)
