@@ -26,14 +26,6 @@ from batchsite.site import Site
 from batchsite.triggers.round import BatchRoundTrigger
 
 
-def _site(hook: BatchSiteHook) -> Site:
-    """The hook's site, told the connection's ``x509_proxy`` (installed 0600 on the site with
-    every submission, rescue rounds included; X509_USER_PROXY in every job)."""
-    site = hook.get_site()
-    site.x509_proxy = hook.config.x509_proxy
-    return site
-
-
 class BatchRoundOperator(BaseOperator):
     """Submit a round of work units (+ fan-in) to the site named by ``site_conn_id``.
 
@@ -134,7 +126,7 @@ class BatchRoundOperator(BaseOperator):
                 f"{self.site_conn_id!r} says scheduler={cfg.scheduler!r}; use BatchRoundOperator "
                 "to run on any site"
             )
-        site = _site(hook)
+        site = hook.get_site()
         try:
             spec = self.build_spec(context, site, hook)
             sub = site.submit(spec)
@@ -188,8 +180,8 @@ class BatchRoundOperator(BaseOperator):
         self._hook = hook = BatchSiteHook(self.site_conn_id)
         try:
             if event["status"] == "held":
-                return self._held(context, _site(hook), sub, status, label, ctx)
-            return self._finish(context, _site(hook), sub, status, label, ctx)
+                return self._held(context, hook.get_site(), sub, status, label, ctx)
+            return self._finish(context, hook.get_site(), sub, status, label, ctx)
         finally:
             hook.close()
 

@@ -49,7 +49,7 @@ from batchsite import cli
 from batchsite.campaign import faser, rg
 from batchsite.campaign.common import CampaignConfigError
 
-from ..conftest import REPO, STATE, VENV_BIN, airflow_env, on_site, site_conn
+from ..conftest import REPO, STATE, VENV_BIN, airflow_env, clone_airflow_home, dags_test, on_site, site_conn
 
 CLASSES = ("shell", "traversal", "path-kind", "huge", "wrong-type")
 CONN_ID = "hostile_site"
@@ -621,18 +621,11 @@ def pick_e2e(cases: list[Case]) -> list[list[Case]]:
 
 def run_dags_test(home: Path, idx: int, dag_id: str, conf: dict, conn: dict, timeout: int = 300
                   ) -> subprocess.CompletedProcess:
-    """``airflow dags test`` (as tests/conftest.py's dags_test) on a private copy of the
-    migrated Airflow DB, so several runs can go at once."""
-    mine = home.parent / f"{home.name}-hostile-{idx}-{uuid.uuid4().hex[:6]}"
-    mine.mkdir()
-    shutil.copy2(home / "airflow.db", mine / "airflow.db")
-    env = airflow_env(mine, **{CONN_ID: conn})
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{mine}/airflow.db"
-    env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(mine / "logs")
-    cmd = ["timeout", "-s", "KILL", str(timeout), str(VENV_BIN / "airflow"), "dags", "test", dag_id,
-           "-c", json.dumps(conf)]
+    """``airflow dags test`` on a private copy of the migrated Airflow DB, so several runs can go
+    at once."""
+    mine = clone_airflow_home(home, home.parent / f"{home.name}-hostile-{idx}-{uuid.uuid4().hex[:6]}")
     try:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True)
+        return dags_test(mine, dag_id, conf, timeout=timeout, **{CONN_ID: conn})
     finally:
         shutil.rmtree(mine, ignore_errors=True)
 

@@ -35,7 +35,6 @@ import os
 import re
 import secrets as pysecrets
 import shlex
-import sqlite3
 import stat
 import subprocess
 import tarfile
@@ -49,7 +48,8 @@ import pytest
 
 from batchsite.campaign.rg import DEFAULT_COMMANDS
 
-from ..conftest import REPO, STATE, VENV_BIN, airflow_env, dags_test, on_site, site_conn, ssh_argv
+from ..conftest import (REPO, STATE, VENV_BIN, airflow_env, clone_airflow_home, dags_test, on_site, site_conn,
+                        ssh_argv)
 
 TEST_DAGS = REPO / "tests" / "dags"
 
@@ -220,15 +220,6 @@ def _task(home, task_id: str, params: dict, timeout: int = 180, **conns) -> tupl
     return r.returncode, r.stdout + r.stderr
 
 
-def clone_home(src: Path, dst: Path) -> Path:
-    """Another AIRFLOW_HOME with the migrated DB of ``src`` (sqlite backup API: consistent),
-    so the runs go in parallel (one SQLite DB each) without a 10 s ``db migrate`` each."""
-    dst.mkdir()
-    with sqlite3.connect(src / "airflow.db") as a, sqlite3.connect(dst / "airflow.db") as b:
-        a.backup(b)
-    return dst
-
-
 def _stat(info, path: str) -> list[str]:
     r = on_site(info, f"stat -c '%a %U %s %Y' {shlex.quote(path)}")
     assert r.returncode == 0, r.stderr
@@ -257,7 +248,7 @@ def test_no_secret_in_any_output_and_credentials_are_0600(site_info, condor_pool
     rg = {"samples": 400, "batches": 2, "throttle": 2, "tolerance": 1e-9, "commands": probe_commands(),
           "site_conn_id": "sec_slurm", "version": version, "steps": 2}
     tag = f"t{s.uid[6:12]}"
-    home_b = clone_home(airflow_home, tmp_path / "home_b")
+    home_b = clone_airflow_home(airflow_home, tmp_path / "home_b")
 
     def lane_b() -> dict[str, tuple[int, str]]:
         return {name: _task(home_b, "x509_probe", {"site": conn_id, "tag": f"{tag}{suffix}"}, **conns)
@@ -291,7 +282,8 @@ def test_no_secret_in_any_output_and_credentials_are_0600(site_info, condor_pool
     assert on_site(info, f"test -e {root}/test/{tag}m").returncode != 0
     out = outputs["wrong passphrase"]
     assert "Task failed with exception" in out and "new_state=failed" in out, out[-4000:]
-    assert "Private key provided cannot be read" in out, out[-4000:]
+    assert "extra private_key cannot be decrypted or parsed: check the extra private_key_passphrase" in out, \
+        out[-4000:]
     assert on_site(info, f"test -e {root}/test/{tag}w").returncode != 0
 
     # ---- the proxy copies on the site: 0600, owner, content, written once

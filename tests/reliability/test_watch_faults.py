@@ -94,7 +94,6 @@ def test_site_unreachable_while_watching(site_info, airflow_home, fault, fault_r
     a.wait_for(r"\d+/4 done", 120)
     b.wait_for(r"\d+/4 done", 120)  # both are being watched by their triggers
 
-    t0 = time.monotonic()
     _fault("stop-sshd" if fault == "sshd" else "drop-traffic")
     try:
         time.sleep(outage)

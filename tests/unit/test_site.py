@@ -352,3 +352,19 @@ def test_two_resubmissions_at_once_submit_once(root):
     assert (m / "submitted.1").exists() and not (m / "submitted.2").exists()
     assert runner_starts(spec) == 2
     assert wait_finished(site, a).succeeded
+
+
+# ---------------------------------------------------------------------------- environment
+def test_local_jobs_do_not_inherit_airflow_secrets(root, monkeypatch):
+    """A job on the local site sees the user's environment but not Airflow's own variables:
+    connection URIs (passwords, keys) and config (DB URL, Fernet key)."""
+    monkeypatch.setenv("AIRFLOW_CONN_SECRET_SITE", "ssh://u:BSSECRET-pw-local@h")
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "BSSECRET-fernet-local")
+    monkeypatch.setenv("BATCHSITE_USER_SETTING", "kept")
+    site = new_site(root)
+    spec = make_spec(site, "envjob", [["sh", "-c", "env > env.txt"]])
+    sub = site.submit(spec)
+    assert wait_finished(site, sub).units[0].state is JobState.DONE
+    env = Path(spec.workdir, "env.txt").read_text()
+    assert "BATCHSITE_USER_SETTING=kept" in env  # the environment is passed, minus Airflow's
+    assert "BSSECRET" not in env and "AIRFLOW" not in env

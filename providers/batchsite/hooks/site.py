@@ -75,7 +75,9 @@ def _openssh_opts(cfg: SiteConfig):
 
 
 def site_from_config(cfg: SiteConfig) -> Site:
-    return Site(cfg.conn_id, transport_for(cfg), get_backend(cfg.scheduler), cfg.remote_root)
+    # the connection's X509 proxy is installed 0600 with every submission made through this site
+    return Site(cfg.conn_id, transport_for(cfg), get_backend(cfg.scheduler), cfg.remote_root,
+                x509_proxy=cfg.x509_proxy)
 
 
 def site_from_conn_id(conn_id: str) -> Site:

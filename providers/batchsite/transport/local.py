@@ -6,6 +6,7 @@ Also home of the two subprocess helpers that ``openssh`` reuses.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from collections.abc import Sequence
 
@@ -15,6 +16,13 @@ from batchsite.transport.base import AsyncTransport, Transport, TransportError
 SHELL = ("/bin/bash", "-c")
 
 
+def scrubbed_env() -> dict[str, str]:
+    """The worker's environment without Airflow's own variables: ``AIRFLOW_CONN_*`` carry
+    passwords and keys, ``AIRFLOW__*`` the metadata DB URL and the Fernet key. Jobs started on
+    the local site (and the ssh client of ``openssh``) must not inherit them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+
+
 def run_argv(argv: Sequence[str], stdin: bytes | None, timeout: float | None) -> tuple[int, bytes, bytes]:
     try:
         p = subprocess.run(
@@ -22,6 +30,7 @@ def run_argv(argv: Sequence[str], stdin: bytes | None, timeout: float | None) ->
             input=stdin if stdin is not None else b"",
             capture_output=True,
             timeout=timeout,
+            env=scrubbed_env(),
             start_new_session=True,  # a Ctrl-C/SIGTERM of the task must not hit what we started
         )
     except subprocess.TimeoutExpired as e:
@@ -37,6 +46,7 @@ async def run_argv_async(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=scrubbed_env(),
         start_new_session=True,
     )
     try:

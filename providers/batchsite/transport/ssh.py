@@ -57,7 +57,17 @@ class SSHTransport(Transport):
         from airflow.providers.ssh.hooks.ssh import SSHHook
 
         # conn_retry_attempts=1: retries belong to the layer that knows what is transient
-        self.hook = SSHHook(ssh_conn_id=ssh_conn_id, conn_retry_attempts=1, conn_timeout=connect_timeout)
+        try:
+            self.hook = SSHHook(ssh_conn_id=ssh_conn_id, conn_retry_attempts=1, conn_timeout=connect_timeout)
+        except Exception as e:
+            if "cannot be read by paramiko" not in str(e):
+                raise
+            # the provider's text never mentions the usual cause
+            raise TransportError(
+                f"connection {ssh_conn_id!r}: extra private_key cannot be decrypted or parsed: check the "
+                "extra private_key_passphrase (or remove it for an unencrypted key) and that the key is "
+                "RSA, ECDSA or Ed25519 in OpenSSH/PEM format"
+            ) from None
         if getattr(self.hook, "allow_host_key_change", False) and not self.hook.no_host_key_check:
             raise ValueError(
                 f"connection {ssh_conn_id!r}: extra allow_host_key_change=true silently disables host-key "
@@ -194,7 +204,10 @@ class AsyncSSHTransport(AsyncTransport):
 
         conn = await self._connect()
         try:
-            r = await conn.run(line, input=stdin or b"", encoding=None, check=False, timeout=timeout)
+            # asyncssh's own timeout starts once the channel is open; opening it over a silent
+            # connection (dropped traffic) would wait for TCP to give up, so bound the whole call
+            r = await asyncio.wait_for(
+                conn.run(line, input=stdin or b"", encoding=None, check=False, timeout=timeout), timeout)
         except (asyncssh.TimeoutError, asyncio.TimeoutError) as e:
             # the connection may be silently dead (dropped traffic): open a new one next time
             await self.close()
