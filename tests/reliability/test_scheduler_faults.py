@@ -1,21 +1,35 @@
-"""HTCondor daemons failing under a running DAG round, on the REAL personal pool over SSH.
+"""Scheduler-side faults, on the REAL Slurm and HTCondor pool over SSH.
 
 12: condor_schedd SIGKILLed (condor_master restarts it) while a round runs;
 13: the round's condor_dagman process SIGKILLed.
 Both must end with the same DAGMan job (no fresh DAG) and no node that had finished before
 the fault running again, counted from the units' own run logs (``runs_<i>.log``).
+6 (Slurm): a unit killed at its --time. It spends most of its ~110 s waiting for slurmctld's
+time-limit sweep, so it runs alongside 12 and 13, which touch neither Slurm nor sshd.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
+import uuid
 
 import pytest
 
-from ..airflow_runs import dagman_jobs, task_process, trigger_run, wait_for_record
+from ..airflow_runs import dagman_jobs, slurm_states, task_process, trigger_run, wait_for_record
 from ..conftest import _site_cmd, on_site, site_conn
-from .test_watch_faults import _Reader
+from .test_watch_faults import _Reader, _start
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_timeout_run(site_info, airflow_home):
+    """The Slurm TIMEOUT case, started before the HTCondor tests of this module and checked last."""
+    tag, run_id, conn, reader = _start(airflow_home, site_info, "slow_slurm")
+    yield {"tag": tag, "reader": reader}
+    if reader.p.poll() is None:
+        os.killpg(reader.p.pid, signal.SIGKILL)
 
 UNITS = 6
 
@@ -34,8 +48,6 @@ def _runs(info, wd: str) -> list[int]:
 @pytest.mark.parametrize("fault", ["schedd", "dagman"])
 def test_condor_daemon_killed_during_a_round(site_info, airflow_home, condor_pool, fault, fault_record):
     row = fault_record(12 if fault == "schedd" else 13, "htcondor")
-    import uuid
-
     tag = f"cd{fault[:3]}{uuid.uuid4().hex[:6]}"
     run_id = f"fault_{tag}"
     conn = site_conn(site_info, "htcondor", outage_grace=300, status_timeout=30, connect_timeout=4, max_backoff=8)
@@ -75,3 +87,23 @@ def test_condor_daemon_killed_during_a_round(site_info, airflow_home, condor_poo
     assert on_site(site_info, f"cat {wd}/fanin_runs.txt").stdout.strip() == str(sum(runs))
     if fault == "dagman":
         assert "Running in RECOVERY mode" in log or "USING RESCUE DAG" in log, log[-3000:]
+
+
+def test_slurm_time_limit_reruns_with_a_longer_limit(site_info, slurm_timeout_run, fault_record):
+    """6 (Slurm): a unit killed at its --time (TIMEOUT) is detected as such and rerun alone with
+    twice the limit; the others are not rerun."""
+    row = fault_record(6, "slurm, TIMEOUT")
+    tag, a = slurm_timeout_run["tag"], slurm_timeout_run["reader"]
+    out = a.finish(timeout=600)
+    assert "Task failed" not in out, out[-5000:]
+    assert re.search(r"units \[0\] hit their time limit: .* time 1 -> 2 min", out), out[-4000:]
+    key = re.search(r"round (bs-slowslurm-[0-9a-f]+)", out).group(1)
+    wd = f"{site_info['remote_root']}/test/{tag}/{key}"
+    counts = [int(x) for x in on_site(site_info, f"cd {wd} && cat runs_0.log | wc -l; cat runs_1.log | wc -l; "
+                                                 "cat runs_2.log | wc -l").stdout.split()]
+    states = slurm_states(site_info, key)
+    assert "TIMEOUT" in states.values(), states
+    row.jobs_lost = sum(1 for c in counts if c == 0)
+    row.double_submissions = (counts[0] - 2) + (counts[1] - 1) + (counts[2] - 1)
+    row.measured = f"TIMEOUT at --time=1 -> rerun of unit 0 only with 2 min; unit runs {counts}"
+    assert counts == [2, 1, 1]
