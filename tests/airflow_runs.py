@@ -4,9 +4,12 @@ exists on the real site: the shared helpers of the integration and fault-injecti
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
+import threading
 import time
+import uuid
 
 from .conftest import REPO, VENV_BIN, airflow_env, on_site
 
@@ -30,6 +33,44 @@ def task_process(home, task_id: str, run_id: str, **conns) -> subprocess.Popen:
     return subprocess.Popen([str(VENV_BIN / "airflow"), "tasks", "test", "batchsite_test_jobs", task_id, run_id],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+
+
+def start_task(home, task_id: str, conf: dict, **conns) -> tuple[str, str, subprocess.Popen]:
+    """A fresh DAG run (its own ``tag``, hence its own directory on the site) and the task's
+    process: ``(tag, run_id, process)``."""
+    tag = f"{re.sub('[^a-z]', '', task_id)[:6]}{uuid.uuid4().hex[:6]}"
+    run_id = f"{task_id}_{tag}"
+    trigger_run(home, run_id, {**conf, "tag": tag}, **conns)
+    return tag, run_id, task_process(home, task_id, run_id, **conns)
+
+
+class TaskOutput:
+    """Collects a task process's output in the background (so a test can wait for a line)."""
+
+    def __init__(self, p: subprocess.Popen):
+        self.p, self.lines = p, []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(re.search(pattern, x) for x in self.lines):
+            assert self.p.poll() is None or self._t.is_alive(), f"task ended before {pattern!r}:\n{self.text[-3000:]}"
+            assert time.monotonic() < deadline, f"no {pattern!r} within {timeout}s:\n{self.text[-3000:]}"
+            time.sleep(0.2)
+
+    def finish(self, timeout: float) -> str:
+        self.p.wait(timeout=timeout)
+        self._t.join(timeout=10)
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
 
 
 def wait_for_record(info, tag: str, timeout: float = 120) -> str:

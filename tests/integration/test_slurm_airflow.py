@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from ..airflow_runs import (dagman_jobs, live_jobs, slurm_jobs_named, squeue_named, task_process, trigger_run,
+from ..airflow_runs import (dagman_jobs, live_jobs, slurm_jobs_named, squeue_named, start_task, task_process,
                             wait_for_record)
 from ..conftest import dags_test, on_site, site_conn
 
@@ -82,10 +82,7 @@ def test_task_killed_after_submit_reattaches_instead_of_resubmitting(site_info, 
     row = fault_record(1, scheduler)
     conn = site_conn(site_info, scheduler)
     task = "deferred" if scheduler == "slurm" else "deferred_any"
-    tag = f"re{uuid.uuid4().hex[:6]}"
-    run_id = f"reattach_{tag}"
-    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 4, "site": "the_site"}, the_site=conn)
-    p = task_process(airflow_home, task, run_id, the_site=conn)
+    tag, run_id, p = start_task(airflow_home, task, {"sleep": 4, "site": "the_site"}, the_site=conn)
     key = wait_for_record(site_info, tag)
     os.killpg(p.pid, signal.SIGKILL)  # before anything reached XCom
     p.wait()
@@ -111,10 +108,7 @@ def test_task_killed_after_submit_reattaches_instead_of_resubmitting(site_info, 
 def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, scheduler, condor_pool, fault_record):
     row = fault_record(10, f"{scheduler}, task killed on a worker")
     conn = site_conn(site_info, scheduler)
-    tag = f"kill{uuid.uuid4().hex[:6]}"
-    run_id = f"kill_{tag}"
-    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 100, "site": "the_site"}, the_site=conn)
-    p = task_process(airflow_home, "blocking", run_id, the_site=conn)
+    tag, run_id, p = start_task(airflow_home, "blocking", {"sleep": 100, "site": "the_site"}, the_site=conn)
     key = wait_for_record(site_info, tag)
     deadline = time.monotonic() + 60
     while not live_jobs(site_info, scheduler, key):
@@ -164,10 +158,7 @@ def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeyp
 def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, airflow_home, slurm_conn,
                                                                    fault_record):
     row = fault_record(5, "slurm, no rescue: indices reported")
-    tag = f"fail{uuid.uuid4().hex[:6]}"
-    run_id = f"fail_{tag}"
-    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 1}, slurm_site=slurm_conn)
-    p = task_process(airflow_home, "failing", run_id, slurm_site=slurm_conn)
+    tag, run_id, p = start_task(airflow_home, "failing", {"sleep": 1}, slurm_site=slurm_conn)
     out, _ = p.communicate(timeout=300)
     assert "Task failed with exception" in out  # `tasks test` exits 0 even then
     assert "2 of 8 units failed: [2, 5]" in out, out[-4000:]
@@ -186,10 +177,7 @@ def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, ai
 def test_rescue_reruns_only_the_failed_units(site_info, airflow_home, scheduler, condor_pool, fault_record):
     row = fault_record(5, f"{scheduler}, rescue")
     conn = site_conn(site_info, scheduler)
-    tag = f"resc{scheduler[:2]}{uuid.uuid4().hex[:6]}"
-    run_id = f"rescue_{tag}"
-    trigger_run(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
-    p = task_process(airflow_home, "flaky", run_id, the_site=conn)
+    tag, run_id, p = start_task(airflow_home, "flaky", {"site": "the_site"}, the_site=conn)
     out, _ = p.communicate(timeout=600)
     assert "Task failed" not in out, out[-5000:]
     assert "rescue 1" in out and "rescue round submitted" in out
@@ -207,10 +195,7 @@ def test_rescue_reruns_only_the_failed_units(site_info, airflow_home, scheduler,
 def test_time_limit_removal_escalates_the_job_flavour(site_info, airflow_home, condor_pool, fault_record):
     row = fault_record(6, "htcondor, periodic removal")
     conn = site_conn(site_info, "htcondor")
-    tag = f"slow{uuid.uuid4().hex[:6]}"
-    run_id = f"slow_{tag}"
-    trigger_run(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
-    p = task_process(airflow_home, "slow", run_id, the_site=conn)
+    tag, run_id, p = start_task(airflow_home, "slow", {"site": "the_site"}, the_site=conn)
     out, _ = p.communicate(timeout=600)
     assert "Task failed" not in out, out[-5000:]
     assert "hit their time limit: JobFlavour espresso -> microcentury" in out, out[-5000:]
@@ -226,10 +211,7 @@ def test_time_limit_removal_escalates_the_job_flavour(site_info, airflow_home, c
 def test_held_node_is_reported_and_released(site_info, airflow_home, condor_pool, fault_record):
     row = fault_record(7, "htcondor, condor_hold")
     conn = site_conn(site_info, "htcondor")
-    tag = f"hold{uuid.uuid4().hex[:6]}"
-    run_id = f"hold_{tag}"
-    trigger_run(airflow_home, run_id, {"tag": tag, "site": "the_site"}, the_site=conn)
-    p = task_process(airflow_home, "holdme", run_id, the_site=conn)
+    tag, run_id, p = start_task(airflow_home, "holdme", {"site": "the_site"}, the_site=conn)
     key = wait_for_record(site_info, tag)
     node = f'JobBatchName == "{key}" && JobUniverse == 5 && JobStatus == 2'
     deadline = time.monotonic() + 60

@@ -518,8 +518,8 @@ def enumerate_params(dag, dag_id: str, c: Canary, benign_abs: str) -> tuple[dict
     baseline = {k: copy.deepcopy(dag.params[k]) for k in dag.params}
     baseline.update(copy.deepcopy(BASELINE_OVERRIDES.get(dag_id, {})))
     baseline["site_conn_id"] = CONN_ID
-    validate(baseline)  # the baseline itself is valid for the first task ...
-    for k, v in baseline.items():  # ... and for Airflow's schema
+    validate(baseline)  # the baseline itself is valid for the first task
+    for k, v in baseline.items():  # and for Airflow's schema
         dag.params.get_param(k).resolve(value=v)
     target = f"{dag_id} Params"
 

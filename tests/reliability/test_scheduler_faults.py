@@ -14,19 +14,18 @@ import os
 import re
 import signal
 import time
-import uuid
 
 import pytest
 
-from ..airflow_runs import dagman_jobs, slurm_states, task_process, trigger_run, wait_for_record
+from ..airflow_runs import TaskOutput, dagman_jobs, slurm_states, start_task, wait_for_record
 from ..conftest import _site_cmd, on_site, site_conn
-from .test_watch_faults import _Reader, _start
+from .test_watch_faults import _start
 
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm_timeout_run(site_info, airflow_home):
     """The Slurm TIMEOUT case, started before the HTCondor tests of this module and checked last."""
-    tag, run_id, conn, reader = _start(airflow_home, site_info, "slow_slurm")
+    tag, _, _, reader = _start(airflow_home, site_info, "slow_slurm")
     yield {"tag": tag, "reader": reader}
     if reader.p.poll() is None:
         os.killpg(reader.p.pid, signal.SIGKILL)
@@ -48,11 +47,9 @@ def _runs(info, wd: str) -> list[int]:
 @pytest.mark.parametrize("fault", ["schedd", "dagman"])
 def test_condor_daemon_killed_during_a_round(site_info, airflow_home, condor_pool, fault, fault_record):
     row = fault_record(12 if fault == "schedd" else 13, "htcondor")
-    tag = f"cd{fault[:3]}{uuid.uuid4().hex[:6]}"
-    run_id = f"fault_{tag}"
     conn = site_conn(site_info, "htcondor", outage_grace=300, status_timeout=30, connect_timeout=4, max_backoff=8)
-    trigger_run(airflow_home, run_id, {"tag": tag, "sleep": 4, "site": "the_site"}, the_site=conn)
-    a = _Reader(task_process(airflow_home, "counted", run_id, the_site=conn))
+    tag, _, p = start_task(airflow_home, "counted", {"sleep": 4, "site": "the_site"}, the_site=conn)
+    a = TaskOutput(p)
     key = wait_for_record(site_info, tag)
     wd = f"{site_info['remote_root']}/test/{tag}/{key}"
 

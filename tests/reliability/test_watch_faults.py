@@ -12,49 +12,18 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import threading
 import time
-import uuid
 
 import pytest
 
-from ..airflow_runs import dagman_jobs, slurm_jobs_named, slurm_states, task_process, trigger_run, wait_for_record
+from ..airflow_runs import (TaskOutput, dagman_jobs, slurm_jobs_named, slurm_states, start_task, task_process,
+                            wait_for_record)
 from ..conftest import _site_cmd, on_site, site_conn
 
 
 def _fault(cmd: str) -> None:
     r = _site_cmd(cmd, timeout=120)
     assert r.returncode == 0, f"site.sh {cmd} failed:\n{r.stdout}\n{r.stderr}"
-
-
-class _Reader:
-    """Collects a task process's output in the background (so a test can wait for a line)."""
-
-    def __init__(self, p: subprocess.Popen):
-        self.p, self.lines = p, []
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self) -> None:
-        for line in self.p.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(re.search(pattern, x) for x in self.lines):
-            assert self.p.poll() is None or self._t.is_alive(), f"task ended before {pattern!r}:\n{self.text[-3000:]}"
-            assert time.monotonic() < deadline, f"no {pattern!r} within {timeout}s:\n{self.text[-3000:]}"
-            time.sleep(0.2)
-
-    def finish(self, timeout: float) -> str:
-        self.p.wait(timeout=timeout)
-        self._t.join(timeout=10)
-        return self.text
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
 
 
 def _count_slurm_round(info, key: str, units: int) -> tuple[int, int, dict]:
@@ -68,12 +37,9 @@ def _count_slurm_round(info, key: str, units: int) -> tuple[int, int, dict]:
 
 
 def _start(home, info, task: str, scheduler: str = "slurm", sleep: int = 20, **extra):
-    tag = f"{task[:4]}{uuid.uuid4().hex[:6]}"
-    run_id = f"fault_{tag}"
     conn = site_conn(info, scheduler, **extra)
-    trigger_run(home, run_id, {"tag": tag, "sleep": sleep, "site": "the_site"}, the_site=conn)
-    reader = _Reader(task_process(home, task, run_id, the_site=conn))
-    return tag, run_id, conn, reader
+    tag, run_id, p = start_task(home, task, {"sleep": sleep, "site": "the_site"}, the_site=conn)
+    return tag, run_id, conn, TaskOutput(p)
 
 
 # fast reconnection for the tests; production defaults are 120 s / 20 s / 60 s
@@ -106,7 +72,7 @@ def test_site_unreachable_while_watching(site_info, airflow_home, fault, fault_r
     m = re.search(r"site the_site unreachable for (\d+)s \(> outage_grace 5s\)", out_b)
     assert m, out_b[-4000:]
     # the task that gave up left its jobs running: running it again re-attaches, no resubmission
-    b_again = _Reader(task_process(airflow_home, "deferred", run_b, the_site=conn_b))
+    b_again = TaskOutput(task_process(airflow_home, "deferred", run_b, the_site=conn_b))
 
     out_a = a.finish(timeout=300)
     resumed = time.monotonic()
@@ -168,7 +134,7 @@ def test_task_process_killed_while_deferred_resumes_watching(site_info, airflow_
         c["reader"].wait_for(r"\d+/4 done", 120)  # the trigger is watching
         os.killpg(c["reader"].p.pid, signal.SIGKILL)
         c["reader"].finish(timeout=60)
-        c["again"] = _Reader(task_process(airflow_home, c["task"], c["run_id"], the_site=c["conn"]))
+        c["again"] = TaskOutput(task_process(airflow_home, c["task"], c["run_id"], the_site=c["conn"]))
     for scheduler, c in cases.items():
         out, key, tag = c["again"].finish(timeout=300), c["key"], c["tag"]
         assert "Task failed" not in out, out[-5000:]
