@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from batchsite.backends.base import get_backend  # noqa: E402
 from batchsite.config import local_site_config, site_config_from_connection  # noqa: E402
-from batchsite.hooks.site import async_transport_for, site_from_config  # noqa: E402
+from batchsite.hooks.connection import async_transport_for_conn, site_for_conn  # noqa: E402
 from batchsite.model import RoundSpec, WorkUnit  # noqa: E402
 from batchsite.polling import SitePoller  # noqa: E402
 
@@ -48,7 +48,7 @@ def site_config(kind: str):
 
 
 def submit_rounds(cfg, k: int, tag: str):
-    site = site_from_config(cfg)
+    site = site_for_conn(cfg)
     subs = []
     for i in range(k):
         key = f"bench-{tag}-{i}"
@@ -71,7 +71,7 @@ async def watch(pollers: list[SitePoller], subs, cycles: int) -> None:
 
 def measure(cfg, subs, cycles: int, shared: bool) -> tuple[float, int, float]:
     def poller():
-        return SitePoller(cfg.conn_id, async_transport_for(cfg), get_backend(cfg.scheduler), interval=0.2)
+        return SitePoller(cfg.conn_id, async_transport_for_conn(cfg), get_backend(cfg.scheduler), interval=0.2)
 
     if shared:
         p = poller()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from poll_bench import site_config  # noqa: E402
 
-from batchsite.hooks.site import site_from_config  # noqa: E402
+from batchsite.hooks.connection import site_for_conn  # noqa: E402
 from batchsite.model import Resources, RoundSpec, WorkUnit  # noqa: E402
 
 STAMP = 'date +%s.%N > "t0_$0"; sleep "$1"; date +%s.%N > "t1_$0"'
@@ -28,7 +28,7 @@ STAMP = 'date +%s.%N > "t0_$0"; sleep "$1"; date +%s.%N > "t1_$0"'
 
 def run(kind: str, units: int, sleep: float) -> dict:
     cfg = site_config(kind)
-    site = site_from_config(cfg)
+    site = site_for_conn(cfg)
     key = f"bench-ovh-{uuid.uuid4().hex[:8]}"
     spec = RoundSpec(
         key=key, label=key, workdir=f"{cfg.remote_root}/.batchsite/bench/{key}", env_script=cfg.env_script,

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from batchsite.config import site_config_from_connection  # noqa: E402
-from batchsite.hooks.site import transport_for  # noqa: E402
+from batchsite.hooks.connection import transport_for_conn  # noqa: E402
 
 
 def _config(kind: str):
@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, nargs="+", default=[8, 32, 64])
     a = ap.parse_args()
-    ssh, openssh = (transport_for(_config(k)) for k in ("ssh", "openssh"))
+    ssh, openssh = (transport_for_conn(_config(k)) for k in ("ssh", "openssh"))
     print(f"{'MB':>4} | {'ssh 1MB views':>14} | {'paramiko sendall':>16} | {'openssh':>8} | speed-up")
     for mb in a.mb:
         data = os.urandom(mb << 20)

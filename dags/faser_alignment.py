@@ -13,7 +13,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from batchsite.campaign.faser import MAX_ITERATIONS
-from batchsite.dagbuilder import round_loop
+from batchsite.operators.round_loop import round_loop
 
 PARAMS = {
     "year": Param(2023, type="integer", minimum=2022, maximum=2040, title="Year (-y)"),
@@ -36,8 +36,8 @@ PARAMS = {
 
 
 def _params() -> dict:
-    ctx = get_current_context()
-    return {k: ctx["params"].get(k) for k in PARAMS}
+    context = get_current_context()
+    return {k: context["params"].get(k) for k in PARAMS}
 
 
 @dag(
@@ -52,80 +52,83 @@ def _params() -> dict:
 def faser_alignment():
     @task
     def validate() -> dict:
-        from batchsite.campaign.faser import parse_params
+        """Validate every Param again (the UI form clamps and skips checks), once: later tasks
+        get the validated params in the setup."""
+        from batchsite.campaign.faser import FaserSetup, parse_params
         from batchsite.hooks.site import load_site_config
 
-        p = parse_params(_params())
-        cfg = load_site_config(p.site_conn_id)
-        if p.cfg.uses_calypso:
+        params = parse_params(_params())
+        cfg = load_site_config(params.site_conn_id)
+        if params.cfg.uses_calypso:
             # the real chain needs its env script and installs on the site: check before submitting
+            from batchsite.campaign.collect import existing_paths
             from batchsite.campaign.common import CampaignConfigError
             from batchsite.campaign.faser import missing_site_paths
-            from batchsite.hooks.site import site_from_config
+            from batchsite.hooks.site import site_for_conn
 
-            site = site_from_config(cfg)
+            paths = params.cfg.paths
+            site = site_for_conn(cfg)
             try:
-                paths = p.cfg.paths
-                r = site.transport.sh('for f; do [ -e "$f" ] && printf "%s\\n" "$f"; done; true',
-                                      *[x for x in (paths.env_script, paths.calypso_install, paths.pede_install)])
+                wanted = [x for x in (paths.env_script, paths.calypso_install, paths.pede_install) if x]
+                found = existing_paths(site, wanted)
             finally:
                 site.close()
-            missing = missing_site_paths(p, set(r.out.splitlines()))
+            missing = missing_site_paths(params, found)
             if missing:
                 raise CampaignConfigError("config.json: " + "; ".join(missing))
-        n = len(p.file_numbers)
-        print(f"FASER alignment Y{p.year} R{p.run} files {p.files} -> {n} raw files "
-              f"({p.file_numbers[0]}..{p.file_numbers[-1]}, end exclusive), up to {p.iterations} iterations, "
-              f"{'4' if p.fourst else '3'}-station, payload: {'Calypso + pede' if p.cfg.uses_calypso else 'reference'}")
-        return {"params": p.model_dump(mode="json"), "remote_root": cfg.remote_root, "python": cfg.python,
-                "scheduler": cfg.scheduler}
+        files = params.file_numbers
+        print(f"FASER alignment Y{params.year} R{params.run} files {params.files} -> {len(files)} raw files "
+              f"({files[0]}..{files[-1]}, end exclusive), up to {params.iterations} iterations, "
+              f"{'4' if params.fourst else '3'}-station, "
+              f"payload: {'Calypso + pede' if params.cfg.uses_calypso else 'reference'}")
+        return FaserSetup(params=params, remote_root=cfg.remote_root, python=cfg.python,
+                          scheduler=cfg.scheduler).model_dump(mode="json")
 
     @task
     def stage(setup: dict) -> dict:
-        from batchsite.campaign.faser import parse_params
+        from batchsite.campaign.faser import FaserSetup
         from batchsite.hooks.site import site_from_conn_id
         from batchsite.staging import Staging, payload_dir
 
-        p = parse_params(setup["params"])
-        site = site_from_conn_id(p.site_conn_id)
+        params = FaserSetup.model_validate(setup).params
+        site = site_from_conn_id(params.site_conn_id)
         try:
-            st = Staging(site)
-            if p.cfg.uses_calypso:
-                print(st.push_scripts(payload_dir("faser_calypso")))
+            staging = Staging(site)
+            if params.cfg.uses_calypso:
+                print(staging.push_scripts(payload_dir("faser_calypso")))
             else:
-                print(st.push_tree_to(payload_dir("faser_reference"), "code/faser_reference"))
+                print(staging.push_tree_to(payload_dir("faser_reference"), "code/faser_reference"))
         finally:
             site.close()
         return setup
 
     @task
     def first_round(setup: dict) -> list[dict]:
-        from batchsite.campaign.faser import first_round as first, parse_params
+        from batchsite.campaign.faser import FaserSetup, first_round as first
 
-        return first(parse_params(setup["params"]))
+        return first(FaserSetup.model_validate(setup).params)
 
     def prepare(partition: dict, setup: dict) -> dict:
-        from batchsite.campaign.faser import parse_params, round_def
+        from batchsite.campaign.faser import FaserSetup, round_request
 
-        p = parse_params(setup["params"])
-        rd = round_def(p, partition["iteration"], partition["files"], remote_root=setup["remote_root"],
-                       python=setup["python"])
-        rd["max_rescues"] = p.max_rescues
-        return rd
+        known = FaserSetup.model_validate(setup)
+        return round_request(known.params, partition["iteration"], partition["files"], remote_root=known.remote_root,
+                             python=known.python).model_dump(mode="json")
 
-    def collect(partition: dict, rd: dict, submitted: dict, setup: dict) -> dict:
+    def collect(partition: dict, round_request: dict, submitted: dict, setup: dict) -> dict:
         from batchsite.campaign.collect import read_json
-        from batchsite.campaign.faser import parse_params
+        from batchsite.campaign.faser import FaserRoundRequest, FaserSetup
         from batchsite.hooks.site import site_from_conn_id
 
-        p = parse_params(setup["params"])
-        site = site_from_conn_id(p.site_conn_id)
+        params = FaserSetup.model_validate(setup).params
+        request = FaserRoundRequest.model_validate(round_request)
+        site = site_from_conn_id(params.site_conn_id)
         try:
-            summary = read_json(site.transport, rd["summary"])
+            summary = read_json(site, request.collect.summary)
         finally:
             site.close()
-        out = {**partition, "workdir": rd["workdir"], "done": summary is not None,
-               "why": None if summary else f"no {rd['summary']}"}
+        out = {**partition, "workdir": request.workdir, "done": summary is not None,
+               "why": None if summary else f"no {request.collect.summary}"}
         if summary:
             out.update({k: summary.get(k) for k in ("max_rel_change", "residual_to_truth", "chi2_ndf", "n_tracks")})
         if submitted:
@@ -134,9 +137,9 @@ def faser_alignment():
         return out
 
     def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
-        from batchsite.campaign.faser import parse_params, replan as plan
+        from batchsite.campaign.faser import FaserSetup, replan as plan
 
-        nxt, reason = plan(parse_params(setup["params"]), results)
+        nxt, reason = plan(FaserSetup.model_validate(setup).params, results)
         print(f"replan after iter{round_no:02d}: {reason}")
         return nxt
 
@@ -144,18 +147,18 @@ def faser_alignment():
     def report(setup: dict) -> dict:
         """Convergence table from every iteration's alignment.json."""
         from batchsite.campaign.collect import read_json
-        from batchsite.campaign.faser import iter_dir, parse_params
+        from batchsite.campaign.faser import FaserSetup, iter_dir
         from batchsite.hooks.site import site_from_conn_id
 
-        p = parse_params(setup["params"])
-        site = site_from_conn_id(p.site_conn_id)
+        known = FaserSetup.model_validate(setup)
+        site = site_from_conn_id(known.params.site_conn_id)
         rows = []
         try:
-            for it in range(1, p.iterations + 1):
-                s = read_json(site.transport, f"{iter_dir(p, setup['remote_root'], it)}/3millepede/alignment.json")
-                if s is None:
+            for it in range(1, known.params.iterations + 1):
+                summary = read_json(site, f"{iter_dir(known.params, known.remote_root, it)}/3millepede/alignment.json")
+                if summary is None:
                     break
-                rows.append({"iteration": it, **s})
+                rows.append({"iteration": it, **summary})
         finally:
             site.close()
         for r in rows:

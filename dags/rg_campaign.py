@@ -13,7 +13,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from batchsite.campaign.rg import MAX_ROUNDS, MAX_STEPS
-from batchsite.dagbuilder import round_loop
+from batchsite.operators.round_loop import round_loop
 
 PARAMS = {
     "type": Param("FP", enum=["FP", "EXP"], title="Run type",
@@ -41,8 +41,8 @@ PARAMS = {
 
 
 def _params() -> dict:
-    ctx = get_current_context()
-    return {k: ctx["params"].get(k) for k in PARAMS}
+    context = get_current_context()
+    return {k: context["params"].get(k) for k in PARAMS}
 
 
 @dag(
@@ -58,23 +58,25 @@ def _params() -> dict:
 def rg_campaign():
     @task
     def validate() -> dict:
-        """Validate every Param again (the UI form clamps and skips checks); nothing remote yet."""
-        from batchsite.campaign.rg import parse_params
+        """Validate every Param again (the UI form clamps and skips checks), once: later tasks
+        get the validated params in the setup; nothing remote yet."""
+        from batchsite.campaign.rg import RGSetup, parse_params
         from batchsite.hooks.site import load_site_config
 
-        p = parse_params(_params())
-        cfg = load_site_config(p.site_conn_id)
-        return {"params": p.model_dump(mode="json"), "remote_root": cfg.remote_root, "python": cfg.python}
+        params = parse_params(_params())
+        cfg = load_site_config(params.site_conn_id)
+        return RGSetup(params=params, remote_root=cfg.remote_root, python=cfg.python).model_dump(mode="json")
 
     @task
     def stage(setup: dict) -> dict:
         """Push the payload to <remote_root>/code/source (only changed files)."""
+        from batchsite.campaign.rg import RGSetup
         from batchsite.hooks.site import site_from_conn_id
         from batchsite.staging import Staging, payload_dir
 
-        p = setup["params"]
-        code = p.get("code_dir") or str(payload_dir("rg_reference"))
-        site = site_from_conn_id(p["site_conn_id"])
+        params = RGSetup.model_validate(setup).params
+        code = params.code_dir or str(payload_dir("rg_reference"))
+        site = site_from_conn_id(params.site_conn_id)
         try:
             report = Staging(site).push_code(code)
         finally:
@@ -84,57 +86,64 @@ def rg_campaign():
 
     @task
     def first_round(setup: dict) -> list[dict]:
+        from batchsite.campaign.collect import latest_fp_step
         from batchsite.campaign.common import CampaignConfigError
-        from batchsite.campaign.rg import initial_partitions, latest_fp_step, parse_params
+        from batchsite.campaign.rg import RGSetup, fp_hist_dir, initial_partitions
         from batchsite.hooks.site import site_from_conn_id
 
-        p = parse_params(setup["params"])
+        known = RGSetup.model_validate(setup)
+        params = known.params
         fp_step = None
-        if p.type == "EXP":
+        if params.type == "EXP":
             # EXP starts from the last fixed-point histogram of the FP run it names
-            site = site_from_conn_id(p.site_conn_id)
+            site = site_from_conn_id(params.site_conn_id)
             try:
-                fp_step = latest_fp_step(site.transport, setup["remote_root"], p)
+                fp_step = latest_fp_step(site, fp_hist_dir(known.remote_root, params))
             finally:
                 site.close()
             if fp_step is None:
                 raise CampaignConfigError(
-                    f"fp_version={p.fp_version or p.version!r}: no FP histogram on the site to start EXP from; "
-                    "run the FP campaign first or name its version in fp_version")
-            print(f"EXP shifts {p.shifts} start from FP {p.fp_version or p.version} RG step {fp_step}")
-        return initial_partitions(p, fp_step=fp_step)
+                    f"fp_version={params.fp_version or params.version!r}: no FP histogram on the site to start "
+                    "EXP from; run the FP campaign first or name its version in fp_version")
+            print(f"EXP shifts {params.shifts} start from FP {params.fp_version or params.version} RG step {fp_step}")
+        return initial_partitions(params, fp_step=fp_step)
 
     def prepare(partition: dict, setup: dict) -> dict:
-        from batchsite.campaign.rg import parse_params, round_def
+        from batchsite.campaign.rg import RGSetup, round_request
 
-        p = parse_params(setup["params"])
-        return round_def(p, partition, remote_root=setup["remote_root"], python=setup["python"])
+        known = RGSetup.model_validate(setup)
+        return round_request(known.params, partition, remote_root=known.remote_root,
+                             python=known.python).model_dump(mode="json")
 
-    def collect(partition: dict, rd: dict, submitted: dict, setup: dict) -> dict:
+    def collect(partition: dict, round_request: dict, submitted: dict, setup: dict) -> dict:
         from batchsite.campaign.collect import collect_round
-        from batchsite.campaign.rg import hist_path, out_dir, parse_params
+        from batchsite.campaign.rg import RGRoundRequest, RGSetup, hist_path, out_dir
         from batchsite.hooks.site import site_from_conn_id
 
-        p = parse_params(setup["params"])
+        known = RGSetup.model_validate(setup)
+        params = known.params
+        outputs = RGRoundRequest.model_validate(round_request).collect
         prev = None
         if partition["step"] > 1:
-            prev = hist_path(out_dir(setup["remote_root"], p, partition["shift_index"]), p, partition["step"] - 1)
-        site = site_from_conn_id(p.site_conn_id)
+            prev = hist_path(out_dir(known.remote_root, params, partition["shift_index"]), params,
+                             partition["step"] - 1)
+        site = site_from_conn_id(params.site_conn_id)
         try:
-            m = collect_round(site.transport, rd, prev, list(range(p.batches)))
+            measured = collect_round(site, outputs, prev, list(range(params.batches)))
         finally:
             site.close()
         if submitted and submitted.get("failed_indices"):
-            m["missing"] = sorted(set(m["missing"]) | set(submitted["failed_indices"]))
-            m["done"] = m["done"] and not m["missing"]
-        print(f"RG step {partition['step']}: done={m['done']} missing={m['missing']} z_mean={m['z_mean']} "
-              f"z_std={m['z_std']} L1={m['distance']} noise={m['noise']}")
-        return {**partition, **m}
+            measured["missing"] = sorted(set(measured["missing"]) | set(submitted["failed_indices"]))
+            measured["done"] = measured["done"] and not measured["missing"]
+        print(f"RG step {partition['step']}: done={measured['done']} missing={measured['missing']} "
+              f"z_mean={measured['z_mean']} z_std={measured['z_std']} L1={measured['distance']} "
+              f"noise={measured['noise']}")
+        return {**partition, **measured}
 
     def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
-        from batchsite.campaign.rg import parse_params, replan as plan
+        from batchsite.campaign.rg import RGSetup, replan as plan
 
-        nxt, reason = plan(parse_params(setup["params"]), results)
+        nxt, reason = plan(RGSetup.model_validate(setup).params, results)
         print(f"replan after round {round_no}: {reason}")
         return nxt
 
@@ -142,13 +151,13 @@ def rg_campaign():
     def report(setup: dict) -> dict:
         """Per-step mean/std from the stats the aggregation jobs wrote; where the histograms are."""
         from batchsite.campaign.collect import format_stats, step_stats
-        from batchsite.campaign.rg import output_dirs, parse_params
+        from batchsite.campaign.rg import RGSetup, output_dirs
         from batchsite.hooks.site import site_from_conn_id
 
-        p = parse_params(setup["params"])
-        site = site_from_conn_id(p.site_conn_id)
+        known = RGSetup.model_validate(setup)
+        site = site_from_conn_id(known.params.site_conn_id)
         try:
-            rows = {d: step_stats(site.transport, d) for d in output_dirs(setup["remote_root"], p)}
+            rows = {d: step_stats(site, d) for d in output_dirs(known.remote_root, known.params)}
         finally:
             site.close()
         for d, stats in rows.items():

@@ -12,32 +12,46 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
+from pydantic import ValidationError
 
+from batchsite.campaign.common import explain_validation
 from batchsite.hooks.site import BatchSiteHook
 from batchsite.keys import job_key
 from batchsite.model import JobState, Resources, RoundSpec, RoundStatus, Submission, TaskStatus
 from batchsite.polling import apply_vanish_grace
-from batchsite.rounds import RescuePolicy, classify_failures, rescue_spec, spec_from_round_def
+from batchsite.rounds import (
+    HoldPolicy, RescuePolicy, RoundRequest, RoundResult, RoundWatch, RoundWatchEvent, classify_failures, escalate,
+    rescue_spec, spec_from_request,
+)
 from batchsite.site import Site
 from batchsite.triggers.round import BatchRoundTrigger
+
+#: how a unit that succeeded in an earlier attempt of the round (before a narrowed rescue) shows
+DONE_EARLIER = TaskStatus(state=JobState.DONE, native="DONE", exit_code=0,
+                          reason="done in an earlier attempt of this round")
 
 
 class BatchRoundOperator(BaseOperator):
     """Submit a round of work units (+ fan-in) to the site named by ``site_conn_id``.
 
-    :param units: list of argv lists (index = position) or dicts ``{"index", "argv"}``
+    :param units: list of argv lists (index = position) or dicts ``{"index", "argv", "name"}``
     :param fanin: argv of the fan-in step (Slurm: ``afterok`` job; HTCondor: child node)
-    :param round_def: a dict with any of the fields above (typically the XCom of a planning
-        task); its values override the constructor's.
+    :param round_request: a ``batchsite.rounds.RoundRequest`` or its JSON dump (typically the
+        XCom of a planning task). Precedence, see ``RoundRequest``: a field set in the round
+        request wins over the constructor argument, which wins over the site default.
     :param fail_on_failure: raise when units failed (default). Campaign DAGs set False and let
         their replan task decide (re-run only the failed units).
+    :param watch_timeout: give up watching this long after ``execute`` submitted (or
+        re-attached): an absolute deadline the trigger carries, not reset by re-deferring.
     """
 
-    template_fields: Sequence[str] = ("site_conn_id", "round_label", "units", "fanin", "workdir", "env", "round_def")
+    template_fields: Sequence[str] = ("site_conn_id", "round_label", "units", "fanin", "workdir", "env",
+                                      "round_request")
     ui_color = "#cfe8ff"
     expected_scheduler: str | None = None
 
@@ -56,10 +70,12 @@ class BatchRoundOperator(BaseOperator):
         fanin_resources: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         round_index: int = 0,
-        round_def: dict[str, Any] | None = None,
+        round_request: RoundRequest | dict[str, Any] | None = None,
         deferrable: bool = True,
         fail_on_failure: bool = True,
         rescue: dict[str, Any] | None = None,
+        on_hold: dict[str, Any] | None = None,
+        watch_timeout: timedelta | float | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -75,50 +91,42 @@ class BatchRoundOperator(BaseOperator):
         self.fanin_resources = fanin_resources
         self.env = env
         self.round_index = round_index
-        self.round_def = round_def
+        self.round_request = round_request
         self.deferrable = deferrable
         self.fail_on_failure = fail_on_failure
         self.rescue = rescue
-        self._hook: BatchSiteHook | None = None
+        self.on_hold = on_hold
+        self.watch_timeout = watch_timeout.total_seconds() if isinstance(watch_timeout, timedelta) else watch_timeout
         self._submission: Submission | None = None
 
-    # ------------------------------------------------------------------ building the spec
-    def _field(self, name: str, default: Any = None) -> Any:
-        rd = self.round_def or {}
-        if name in rd and rd[name] is not None:
-            return rd[name]
-        v = getattr(self, name, None)
-        return default if v is None else v
-
-    def _round_def(self) -> dict[str, Any]:
-        keys = ("units", "fanin", "workdir", "cwd", "throttle", "retries_in_job", "fanin_resources", "env")
-        rd = {k: getattr(self, k) for k in keys if getattr(self, k, None) is not None}
-        if self.job_resources:
-            rd["resources"] = self.job_resources
-        rd["label"] = self.round_label or self.task_id
-        rd.update({k: v for k, v in (self.round_def or {}).items() if v is not None})
-        return rd
-
-    def build_spec(self, context: Any, site: Site, hook: BatchSiteHook) -> RoundSpec:
-        ti = context["ti"]
-        rd = self._round_def()
-        key = job_key(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1), int(rd.get("round_index") or 0))
+    # ------------------------------------------------------------------ the round asked for
+    def effective_request(self) -> RoundRequest:
+        """The round request merged over the constructor arguments (validated here, in
+        ``execute``: templated values are text until rendered)."""
         try:
-            return spec_from_round_def(rd, key=key, cfg=hook.config, site_path=site.path)
-        except ValueError as e:
+            constructor = RoundRequest(
+                units=self.units, fanin=self.fanin, label=self.round_label, round_index=self.round_index,
+                workdir=self.workdir, cwd=self.cwd, throttle=self.throttle, retries_in_job=self.retries_in_job,
+                resources=self.job_resources, fanin_resources=self.fanin_resources, env=self.env,
+                rescue=self.rescue, on_hold=self.on_hold, fail_on_failure=self.fail_on_failure,
+            )
+            asked = RoundRequest.model_validate(self.round_request or {})
+        except ValidationError as e:
+            raise AirflowException(explain_validation(f"{self.task_id}: round request", e)) from None
+        merged = asked.over(constructor)
+        return merged if merged.label else merged.model_copy(update={"label": self.task_id})
+
+    def build_spec(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest) -> RoundSpec:
+        ti = context["ti"]
+        key = job_key(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1), request.round_index or 0)
+        try:
+            return spec_from_request(request, key=key, cfg=hook.config, site_path=site.path)
+        except (ValueError, ValidationError) as e:
             raise AirflowException(f"{self.task_id}: {e}") from None
-
-    def _policy(self) -> RescuePolicy:
-        raw = {**(self.rescue or {}), **(self._round_def().get("rescue") or {})}
-        return RescuePolicy.model_validate(raw)
-
-    def _fail_on_failure(self) -> bool:
-        v = self._round_def().get("fail_on_failure")
-        return self.fail_on_failure if v is None else bool(v)
 
     # ------------------------------------------------------------------ execution
     def execute(self, context: Any) -> dict[str, Any]:
-        self._hook = hook = BatchSiteHook(self.site_conn_id)
+        hook = BatchSiteHook(self.site_conn_id)
         cfg = hook.config
         if self.expected_scheduler and cfg.scheduler != self.expected_scheduler:
             raise AirflowException(
@@ -126,156 +134,169 @@ class BatchRoundOperator(BaseOperator):
                 f"{self.site_conn_id!r} says scheduler={cfg.scheduler!r}; use BatchRoundOperator "
                 "to run on any site"
             )
+        request = self.effective_request()
         site = hook.get_site()
         try:
-            spec = self.build_spec(context, site, hook)
-            sub = site.submit(spec)
-            self._submission = sub
-            verb = "re-attached to existing" if sub.adopted else "submitted"
+            spec = self.build_spec(context, site, hook, request)
+            submission = site.submit(spec)
+            self._submission = submission
+            verb = "re-attached to existing" if submission.adopted else "submitted"
             self.log.info("%s: %s round %s on site %s as job %s (workdir %s)", spec.label, verb,
-                          sub.key, site.name, ",".join(sub.job_ids), sub.workdir)
-            return self._watch(context, site, sub, spec.label,
-                               {"rescues": 0, "done_before": {}, "on_hold": self._round_def().get("on_hold")})
+                          submission.key, site.name, ",".join(submission.job_ids), submission.workdir)
+            watch_state = RoundWatch.of(
+                submission, site_conn_id=self.site_conn_id, label=spec.label,
+                hold_after_seconds=(request.on_hold or HoldPolicy()).after_seconds,
+                deadline=None if self.watch_timeout is None else time.time() + self.watch_timeout)
+            return self._watch(context, site, hook, request, submission, watch_state)
         finally:
             hook.close()
 
-    def _watch(self, context: Any, site: Site, sub: Submission, label: str, ctx: dict[str, Any]):
+    def _watch(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest, submission: Submission,
+               watch_state: RoundWatch) -> dict[str, Any]:
         """Check once; finish now, watch blocking, or defer to the triggerer."""
-        status = site.status([sub])[sub.key]
-        self.log.info("%s", status.progress_line(label))
+        status = site.status([submission])[submission.key]
+        self.log.info("%s", status.progress_line(watch_state.label))
         if status.finished:
-            return self._finish(context, site, sub, status, label, ctx)
-        cfg = site_cfg = self._hook.config if self._hook else None
+            return self._finish(context, site, hook, request, submission, status, watch_state)
         if not self.deferrable:
+            cfg = hook.config
             first_seen: dict = {}
-            last = ""
+            last_line = ""
             while not status.finished:
                 time.sleep(cfg.poll_interval)
-                status = apply_vanish_grace(site.status([sub])[sub.key], first_seen, time.monotonic(),
+                status = apply_vanish_grace(site.status([submission])[submission.key], first_seen, time.monotonic(),
                                             cfg.vanish_grace)
-                line = status.progress_line(label)
-                if line != last:
+                line = status.progress_line(watch_state.label)
+                if line != last_line:
                     self.log.info("%s", line)
-                    last = line
-            return self._finish(context, site, sub, status, label, ctx)
-        self.defer(
-            trigger=BatchRoundTrigger(site_cfg.public_dict(), sub.model_dump(mode="json"), label, ctx),
-            method_name="execute_complete",
-        )
+                    last_line = line
+            return self._finish(context, site, hook, request, submission, status, watch_state)
+        self.defer(trigger=BatchRoundTrigger(**watch_state.model_dump(mode="json")), method_name="execute_complete")
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None):
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
         if not event:
             # resumed without a trigger event (e.g. a restarted task found itself "deferred"):
             # start over; execute() finds the submission record and re-attaches
             self.log.info("resumed without a trigger event: re-attaching through the submission record")
             return self.execute(context)
-        # the event carries the submission and our state: nothing is kept in the operator object
-        sub = Submission.model_validate(event["submission"])
-        label = event.get("label") or sub.key
-        ctx = event.get("context") or {"rescues": 0, "done_before": {}}
-        self._submission = sub
-        if event.get("status") not in ("finished", "held"):
-            raise AirflowException(f"{label}: watching round {sub.key} stopped: {event.get('message')}")
-        status = RoundStatus.model_validate(event["round"])
-        self._hook = hook = BatchSiteHook(self.site_conn_id)
         try:
-            if event["status"] == "held":
-                return self._held(context, hook.get_site(), sub, status, label, ctx)
-            return self._finish(context, hook.get_site(), sub, status, label, ctx)
+            watch_event = RoundWatchEvent.model_validate(event)
+        except ValidationError as e:
+            raise AirflowException(explain_validation(f"{self.task_id}: trigger event", e)) from None
+        watch_state = watch_event.watch
+        if watch_event.status in ("timeout", "error") or watch_event.round is None:
+            raise AirflowException(f"{watch_state.label}: watching round {watch_state.round_key} stopped: "
+                                   f"{watch_event.message}")
+        hook = BatchSiteHook(self.site_conn_id)
+        try:
+            site = hook.get_site()
+            submission = watch_state.submission(hook.config.scheduler)
+            self._submission = submission
+            request = self.effective_request()
+            if watch_event.status == "held":
+                return self._held(context, site, hook, request, submission, watch_event.round, watch_state)
+            return self._finish(context, site, hook, request, submission, watch_event.round, watch_state)
         finally:
             hook.close()
 
-    def _held(self, context: Any, site: Site, sub: Submission, status: RoundStatus, label: str,
-              ctx: dict[str, Any]):
+    def _held(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest, submission: Submission,
+              status: RoundStatus, watch_state: RoundWatch) -> dict[str, Any]:
         """Units held longer than on_hold.after_seconds: release them (up to max_releases
-        times), then give up on them: remove the round's held jobs so they fail and the
-        rescue policy (with escalation) takes over."""
-        policy = {"after_seconds": 600, "max_releases": 1, **(ctx.get("on_hold") or {})}
+        times), then give up on them: the task fails with their HoldReason."""
+        policy = request.on_hold or HoldPolicy()
         reasons = sorted({s.reason for s in status.units.values() if s.state is JobState.HELD and s.reason})
         held = sorted(i for i, s in status.units.items() if s.state is JobState.HELD)
-        if int(ctx.get("releases", 0)) < int(policy["max_releases"]):
-            out = site.release([sub])
-            self.log.warning("%s: units %s held (HoldReason: %s): released (%s)", label, held,
+        if watch_state.releases < policy.max_releases:
+            out = site.release([submission])
+            self.log.warning("%s: units %s held (HoldReason: %s): released (%s)", watch_state.label, held,
                              "; ".join(reasons) or "?", (out or "").strip()[:300])
-            return self._watch(context, site, sub, label, {**ctx, "releases": int(ctx.get("releases", 0)) + 1})
+            return self._watch(context, site, hook, request, submission,
+                               watch_state.model_copy(update={"releases": watch_state.releases + 1}))
         raise AirflowException(
-            f"{label}: units {held} stay held (HoldReason: {'; '.join(reasons) or '?'}) after "
-            f"{policy['max_releases']} release(s); fix the cause and release them (condor_release / "
+            f"{watch_state.label}: units {held} stay held (HoldReason: {'; '.join(reasons) or '?'}) after "
+            f"{policy.max_releases} release(s); fix the cause and release them (condor_release / "
             f"scontrol release) or clear this task")
 
-    def _finish(self, context: Any, site: Site, sub: Submission, status: RoundStatus, label: str,
-                ctx: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest, submission: Submission,
+                status: RoundStatus, watch_state: RoundWatch) -> dict[str, Any]:
+        label = watch_state.label
         failed = status.failed_indices
-        msg = ""
+        fanin_note = ""
         if status.fanin is not None and not status.fanin.state.terminal and failed:
             # afterok can never be satisfied: without this the fan-in stays PENDING forever
             why = status.fanin.reason or "a parent failed"
+            fanin_only = submission.model_copy(
+                update={"fanout_id": submission.fanin_id or submission.fanout_id, "fanin_id": None})
             try:
-                site.cancel([sub.model_copy(update={"fanout_id": sub.fanin_id or sub.fanout_id, "fanin_id": None})])
+                site.cancel([fanin_only])
             except Exception as e:  # noqa: BLE001 - reporting the failure matters more
-                self.log.warning("could not cancel the fan-in of %s: %s", sub.key, e)
-            msg = f"fan-in {sub.fanin_id or '(in the local runner)'} cancelled: it could never start ({why}). "
+                self.log.warning("could not cancel the fan-in of %s: %s", submission.key, e)
+            fanin_note = (f"fan-in {submission.fanin_id or '(in the local runner)'} cancelled: it could never start "
+                          f"({why}). ")
             status = status.model_copy(update={"fanin": status.fanin.model_copy(
                 update={"state": JobState.FAILED, "native": "CANCELLED", "reason": why})})
-        # units that succeeded in earlier attempts of this round (narrowed rescues)
-        before = {int(i): TaskStatus.model_validate(s) for i, s in (ctx.get("done_before") or {}).items()}
-        whole = status.model_copy(update={"units": {**before, **status.units}})
-        decision = classify_failures(whole, self._policy(), int(ctx.get("rescues", 0)), label)
+        spec = self.build_spec(context, site, hook, request)
+        # a narrowed rescue submits only the failed units: the others succeeded before it
+        this_attempt = set(submission.indices)
+        done_earlier = {i: DONE_EARLIER for i in spec.indices if i not in this_attempt}
+        whole = status.model_copy(update={"units": {**done_earlier, **status.units}})
+        decision = classify_failures(whole, request.rescue or RescuePolicy(), watch_state.rescues, label)
         if decision.action == "rescue":
-            return self._rescue(context, site, sub, status, whole, label, ctx, decision.message)
-        result = {
-            "key": sub.key,
-            "job_id": sub.fanout_id,
-            "fanin_id": sub.fanin_id,
-            "site": site.name,
-            "workdir": sub.workdir,
-            "adopted": sub.adopted,
-            "rescues": int(ctx.get("rescues", 0)),
-            "states": {str(i): s.state.value for i, s in sorted(whole.units.items())},
-            "timed_out": sorted(i for i, s in whole.units.items() if s.timed_out),
-            "counts": whole.counts(),
-            "failed_indices": whole.failed_indices,
-            "fanin_state": status.fanin.state.value if status.fanin else None,
-            "succeeded": whole.succeeded,
-            "decision": decision.action,
-        }
+            return self._rescue(context, site, hook, request, spec, status, whole, watch_state, decision.message)
+        result = RoundResult(
+            key=submission.key, job_id=submission.fanout_id, fanin_id=submission.fanin_id, site=site.name,
+            workdir=submission.workdir, adopted=submission.adopted, rescues=watch_state.rescues,
+            states={str(i): s.state.value for i, s in sorted(whole.units.items())},
+            timed_out=sorted(i for i, s in whole.units.items() if s.timed_out),
+            counts=whole.counts(), failed_indices=whole.failed_indices,
+            fanin_state=status.fanin.state.value if status.fanin else None,
+            succeeded=whole.succeeded, decision=decision.action,
+        )
         self.log.info("%s", whole.progress_line(label))
         if not whole.succeeded:
-            failed = whole.failed_indices
-            where = f"{sub.workdir}/logs/"
-            detail = "; ".join(
-                f"index {i}: {whole.units[i].native or 'failed'}"
-                + (f" exit {whole.units[i].exit_code}" if whole.units[i].exit_code is not None else "")
-                + (f" ({whole.units[i].reason})" if whole.units[i].reason else "")
-                for i in failed[:20]
-            )
-            text = (f"{label}: {msg}{len(failed)} of {len(whole.units)} units failed: {failed} "
-                    f"[{detail}]; logs under {where} (files *_<index>.out/.err). {decision.message}")
-            if status.fanin is not None and status.fanin.state is JobState.FAILED and not failed:
-                text = (f"{label}: fan-in failed ({status.fanin.native}, exit {status.fanin.exit_code}); "
-                        f"logs under {where}")
-            if self._fail_on_failure():
+            text = self._failure_text(label, submission, status, whole, fanin_note, decision.message)
+            if request.fail_on_failure is not False:
                 raise AirflowException(text)
             self.log.error("%s", text)
-        return result
+        return result.model_dump(mode="json")
 
-    def _rescue(self, context: Any, site: Site, sub: Submission, status: RoundStatus, whole: RoundStatus,
-                label: str, ctx: dict[str, Any], why: str):
-        spec = self.build_spec(context, site, self._hook)
-        if ctx.get("resources"):
-            spec = spec.model_copy(update={"resources": Resources.model_validate(ctx["resources"])})
+    @staticmethod
+    def _failure_text(label: str, submission: Submission, status: RoundStatus, whole: RoundStatus,
+                      fanin_note: str, decision_message: str) -> str:
+        failed = whole.failed_indices
+        where = f"{submission.workdir}/logs/"
+        if status.fanin is not None and status.fanin.state is JobState.FAILED and not failed:
+            return (f"{label}: fan-in failed ({status.fanin.native}, exit {status.fanin.exit_code}); "
+                    f"logs under {where}")
+        detail = "; ".join(
+            f"index {i}: {whole.units[i].native or 'failed'}"
+            + (f" exit {whole.units[i].exit_code}" if whole.units[i].exit_code is not None else "")
+            + (f" ({whole.units[i].reason})" if whole.units[i].reason else "")
+            for i in failed[:20]
+        )
+        return (f"{label}: {fanin_note}{len(failed)} of {len(whole.units)} units failed: {failed} "
+                f"[{detail}]; logs under {where} (files *_<index>.out/.err). {decision_message}")
+
+    def _rescue(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest, spec: RoundSpec,
+                status: RoundStatus, whole: RoundStatus, watch_state: RoundWatch, why: str) -> dict[str, Any]:
+        # the resources of the attempt that just ended: the escalations made so far, replayed
+        current = spec.model_copy(update={
+            "resources": _escalated(spec.resources, watch_state.unit_escalations),
+            "fanin_resources": (_escalated(spec.fanin_resources or spec.resources, watch_state.fanin_escalations)
+                                if watch_state.fanin_escalations else spec.fanin_resources),
+        })
         narrow = site.backend.name != "htcondor"  # DAGMan's rescue DAG reruns only failed nodes itself
-        new_spec, notes = rescue_spec(spec, whole, narrow=narrow)
+        new_spec, notes = rescue_spec(current, whole, narrow=narrow)
         reason = "; ".join([why, *notes])
         self.log.warning("%s", reason)
-        new_sub = site.resubmit(new_spec, status, reason=reason)
-        self._submission = new_sub
-        self.log.info("%s: rescue round submitted as job %s", label, ",".join(new_sub.job_ids))
-        done = {str(i): s.model_dump(mode="json") for i, s in whole.units.items() if s.state is JobState.DONE}
-        new_ctx = {**ctx, "rescues": int(ctx.get("rescues", 0)) + 1,
-                   "done_before": done if narrow else {},
-                   "resources": new_spec.resources.model_dump(mode="json")}
-        return self._watch(context, site, new_sub, label, new_ctx)
+        new_submission = site.resubmit(new_spec, status, reason=reason)
+        self._submission = new_submission
+        self.log.info("%s: rescue round submitted as job %s", watch_state.label, ",".join(new_submission.job_ids))
+        new_state = watch_state.moved_to(
+            new_submission, rescues=watch_state.rescues + 1,
+            unit_escalations=watch_state.unit_escalations + (new_spec.resources != current.resources),
+            fanin_escalations=watch_state.fanin_escalations + (new_spec.fanin_resources != current.fanin_resources))
+        return self._watch(context, site, hook, request, new_submission, new_state)
 
     def on_kill(self) -> None:
         """Task killed while running on a worker: cancel what it submitted."""
@@ -287,3 +308,9 @@ class BatchRoundOperator(BaseOperator):
             self.log.info("cancelled %s: %s", self._submission.job_ids, out[:500])
         finally:
             hook.close()
+
+
+def _escalated(resources: Resources, times: int) -> Resources:
+    for _ in range(times):
+        resources = escalate(resources)
+    return resources

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
+from pydantic import ValidationError
 
+from batchsite.campaign.common import explain_validation
 from batchsite.hooks.site import BatchSiteHook
 from batchsite.model import RoundStatus, Submission
+from batchsite.rounds import RoundWatch, RoundWatchEvent
 from batchsite.triggers.round import BatchRoundTrigger
 
 
@@ -18,7 +22,8 @@ class BatchJobSensor(BaseSensorOperator):
 
     Give either ``submission`` (the ``submission`` dict an operator returned, or its XCom) or
     ``job_id`` + ``indices`` (+ ``workdir`` where exit files are written, if any) for an array
-    someone submitted by hand, e.g. with the group's own ``run_rg.sh``.
+    someone submitted by hand, e.g. with the group's own ``run_rg.sh``. Deferred, the watch
+    ends at the sensor's ``timeout`` (an absolute deadline set when it first defers).
     """
 
     template_fields: Sequence[str] = ("site_conn_id", "job_id", "submission", "workdir")
@@ -32,7 +37,7 @@ class BatchJobSensor(BaseSensorOperator):
         self.fanin_id, self.workdir, self.submission = fanin_id, workdir, submission
         self.deferrable = deferrable
 
-    def _sub(self, hook: BatchSiteHook) -> Submission:
+    def _submission_of(self, hook: BatchSiteHook) -> Submission:
         if self.submission:
             return Submission.model_validate(self.submission)
         if not self.job_id or not self.indices:
@@ -42,17 +47,26 @@ class BatchJobSensor(BaseSensorOperator):
                           workdir=self.workdir or f"{cfg.remote_root}/.batchsite/none",
                           fanout_id=str(self.job_id), fanin_id=self.fanin_id)
 
+    def _check_scheduler(self, hook: BatchSiteHook) -> None:
+        if self.expected_scheduler and hook.config.scheduler != self.expected_scheduler:
+            raise AirflowException(f"{type(self).__name__} needs a {self.expected_scheduler} site, but connection "
+                                   f"{self.site_conn_id!r} says scheduler={hook.config.scheduler!r}")
+
     def poke(self, context: Any) -> bool:
         hook = BatchSiteHook(self.site_conn_id)
         try:
-            sub = self._sub(hook)
-            st = hook.get_site().status([sub])[sub.key]
-            self.log.info("%s", st.progress_line(self.task_id))
-            if st.finished and not st.succeeded:
-                raise AirflowException(f"{self.task_id}: job {sub.fanout_id} failed indices {st.failed_indices}")
-            return st.finished
+            self._check_scheduler(hook)
+            submission = self._submission_of(hook)
+            status = hook.get_site().status([submission])[submission.key]
+            self.log.info("%s", status.progress_line(self.task_id))
+            self._raise_if_failed(status, submission.fanout_id)
+            return status.finished
         finally:
             hook.close()
+
+    def _raise_if_failed(self, status: RoundStatus, job_id: str) -> None:
+        if status.finished and not status.succeeded:
+            raise AirflowException(f"{self.task_id}: job {job_id} failed indices {status.failed_indices}")
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
@@ -60,21 +74,25 @@ class BatchJobSensor(BaseSensorOperator):
         if self.poke(context):
             return None
         hook = BatchSiteHook(self.site_conn_id)
-        cfg, sub = hook.config, self._sub(hook)
-        if self.expected_scheduler and cfg.scheduler != self.expected_scheduler:
-            raise AirflowException(f"{type(self).__name__} needs a {self.expected_scheduler} site")
-        self.defer(trigger=BatchRoundTrigger(cfg.public_dict(), sub.model_dump(mode="json"), self.task_id),
-                   method_name="execute_complete")
+        try:
+            watch_state = RoundWatch.of(self._submission_of(hook), site_conn_id=self.site_conn_id,
+                                        label=self.task_id, deadline=time.time() + float(self.timeout))
+        finally:
+            hook.close()
+        self.defer(trigger=BatchRoundTrigger(**watch_state.model_dump(mode="json")), method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
         if not event:  # resumed without an event: look again
             return self.execute(context)
-        if event.get("status") != "finished":
-            raise AirflowException(f"{self.task_id}: {event.get('message')}")
-        st = RoundStatus.model_validate(event["round"])
-        if not st.succeeded:
-            raise AirflowException(f"{self.task_id}: failed indices {st.failed_indices}")
-        return {"counts": st.counts(), "states": {str(i): s.state.value for i, s in st.units.items()}}
+        try:
+            watch_event = RoundWatchEvent.model_validate(event)
+        except ValidationError as e:
+            raise AirflowException(explain_validation(f"{self.task_id}: trigger event", e)) from None
+        if watch_event.status != "finished" or watch_event.round is None:
+            raise AirflowException(f"{self.task_id}: {watch_event.status}: {watch_event.message}")
+        status = watch_event.round
+        self._raise_if_failed(status, watch_event.watch.fanout_id)
+        return {"counts": status.counts(), "states": {str(i): s.state.value for i, s in status.units.items()}}
 
 
 class SlurmJobSensor(BatchJobSensor):

@@ -5,6 +5,7 @@
 # and env_script. Arguments (rendered by batchsite.campaign.faser):
 #   ENV_SCRIPT YEAR RUN FILE ITERATION OUT_DIR CONSTANTS(or "") STATIONS(3|4)
 set -euo pipefail
+# shellcheck disable=SC2034 # ITERATION keeps the argument order of the group's README; reconstruction does not use it
 env_script=$1 year=$2 run=$3 file=$4 iteration=$5 out_dir=$6 constants=$7 stations=$8
 # shellcheck disable=SC1090
 source "$env_script"

@@ -37,7 +37,7 @@ def _rg_summary(args: argparse.Namespace) -> int:
     from batchsite.campaign.collect import format_stats, step_stats
     from batchsite.campaign.common import CampaignConfigError
     from batchsite.campaign.rg import output_dirs, parse_params
-    from batchsite.hooks.site import site_from_conn_id
+    from batchsite.hooks.connection import site_from_conn_id  # `local` without Airflow
 
     try:
         p = parse_params(json.loads(args.conf))
@@ -48,7 +48,7 @@ def _rg_summary(args: argparse.Namespace) -> int:
     try:
         found = False
         for d in output_dirs(site.remote_root, p):
-            rows = step_stats(site.transport, d)
+            rows = step_stats(site, d)
             found = found or bool(rows)
             print(format_stats(d, rows))
     finally:
@@ -199,9 +199,9 @@ def render_first_round(conf: dict[str, Any], *, scheduler: str, out: str) -> dic
     Returns ``{"local_dir", "site_workdir", "spec", "files": {relpath: text}, "executable"}``.
     """
     from batchsite.backends.base import get_backend
-    from batchsite.campaign.faser import base_dir, first_round, parse_params, round_def
+    from batchsite.campaign.faser import base_dir, first_round, parse_params, round_request
     from batchsite.keys import job_key
-    from batchsite.rounds import spec_from_round_def
+    from batchsite.rounds import spec_from_request
 
     p = parse_params(conf)
     root = check_out_dir(out)
@@ -210,16 +210,16 @@ def render_first_round(conf: dict[str, Any], *, scheduler: str, out: str) -> dic
         config = {**p.config, "paths": {**p.config.get("paths", {}), "work_dir": cfg.remote_root}}
         p = parse_params({**p.model_dump(mode="json"), "config": config})
     (first,) = first_round(p)
-    rd = round_def(p, first["iteration"], first["files"], remote_root=cfg.remote_root, python=cfg.python)
+    request = round_request(p, first["iteration"], first["files"], remote_root=cfg.remote_root, python=cfg.python)
     key = job_key(FASER_DAG_ID, FASER_DRY_RUN_ID, FASER_FIRST_TASK, 0, 0)
-    spec = spec_from_round_def(rd, key=key, cfg=cfg, site_path=_site_path(cfg.remote_root))
+    spec = spec_from_request(request, key=key, cfg=cfg, site_path=_site_path(cfg.remote_root))
     rendered = get_backend(cfg.scheduler).render_round(spec)
     files = dict(rendered.files)
     files["submit.sh"] = rendered.submit_script  # as Site.submit ships it
     rel = posixpath.relpath(spec.workdir, base_dir(p, cfg.remote_root))
     local_dir = os.path.join(root, posixpath.basename(base_dir(p, cfg.remote_root)), *rel.split("/"))
     return {"local_dir": local_dir, "site_workdir": spec.workdir, "spec": spec, "files": files,
-            "executable": rendered.executable, "round_def": rd, "site": cfg}
+            "executable": rendered.executable, "request": request, "site": cfg}
 
 
 def _write_atomic(path: str, text: str, mode: int) -> None:
@@ -296,7 +296,8 @@ def _faser_align(args: argparse.Namespace) -> int:
               f"{r['site_workdir']})")
     if earlier:
         print(f"  note: {local_dir} also holds files from an earlier render: {', '.join(earlier)}")
-    print(f"reco outputs -> {r['round_def']['kf_dir']}; Millepede -> {r['round_def']['mp_dir']}")
+    outputs = r["request"].collect
+    print(f"reco outputs -> {outputs.kf_dir}; Millepede -> {outputs.mp_dir}")
     print("nothing was submitted. `--submit` would run:")
     print(f"  {shlex.join(argv)}")
     return 0

@@ -136,7 +136,8 @@ def local_site_config(root: str | None = None) -> SiteConfig:
 
 def site_config_from_connection(conn_id: str, host: str | None, port: int | None, login: str | None,
                                 extra: dict[str, Any]) -> SiteConfig:
-    fields = {k: v for k, v in extra.items() if k not in SSH_PROVIDER_EXTRAS}
+    # the connection form (conn-fields) saves every field it shows, an empty one as null: unset
+    fields = {k: v for k, v in extra.items() if k not in SSH_PROVIDER_EXTRAS and v is not None}
     if "key_file" in extra:
         fields["key_file"] = extra["key_file"]
     if str(extra.get("no_host_key_check", "false")).lower() == "true":

@@ -22,9 +22,3 @@ def job_key(dag_id: str, run_id: str, task_id: str, map_index: int | None, round
     # a readable stem helps people reading squeue/condor_q; the digest makes it unique
     stem = _SAFE.sub("", task_id.split(".")[-1])[:16] or "round"
     return f"{prefix}-{stem}-{digest}"
-
-
-def safe_component(text: str, limit: int = 64) -> str:
-    """A path component derived from free text (run ids contain ':' and '+')."""
-    s = _SAFE.sub("_", text).strip("_")[:limit]
-    return s or "x"

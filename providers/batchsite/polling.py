@@ -18,7 +18,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from batchsite.backends.base import Backend
+from batchsite.backends.base import Backend, get_backend
+from batchsite.config import SiteConfig
 from batchsite.model import JobState, RoundStatus, Submission, TaskStatus
 from batchsite.transport.base import AsyncTransport, HostKeyError, TransportError, backoff_delays
 
@@ -105,11 +106,6 @@ class SitePoller:
                 if not w.queues:
                     del self._watches[sub.key]
 
-    async def run_script(self, script: str) -> str:
-        """Run one extra command on the poller's connection (e.g. cancel from a trigger)."""
-        r = await self.transport.sh(script, timeout=120)
-        return r.out + r.err
-
     # ------------------------------------------------------------------ loop
     def _broadcast(self, item) -> None:
         for w in list(self._watches.values()):
@@ -184,28 +180,33 @@ class SitePoller:
                 self.on_idle(self)
 
 
+def site_poller(cfg: SiteConfig, transport: AsyncTransport) -> SitePoller:
+    """A poller with the site's own watching settings (poll_interval, outage_grace, ...)."""
+    return SitePoller(
+        cfg.conn_id, transport, get_backend(cfg.scheduler),
+        interval=cfg.poll_interval, outage_grace=cfg.outage_grace, vanish_grace=cfg.vanish_grace,
+        max_backoff=cfg.max_backoff, status_timeout=cfg.status_timeout,
+    )
+
+
 # ---------------------------------------------------------------------- registry
 
 _POLLERS: dict[tuple[str, int], SitePoller] = {}
 
 
 def poller_for(site_key: str, factory: Callable[[], SitePoller]) -> SitePoller:
-    """The shared poller of a site in this event loop (created on first use)."""
-    loop_id = id(asyncio.get_running_loop())
-    k = (site_key, loop_id)
-    p = _POLLERS.get(k)
-    if p is None:
-        p = factory()
+    """The shared poller of a site in this event loop (created on first use). Once no round
+    is watched any more it leaves the registry and closes its transport."""
+    registry_key = (site_key, id(asyncio.get_running_loop()))
+    poller = _POLLERS.get(registry_key)
+    if poller is None:
+        poller = factory()
 
-        def _forget(poller: SitePoller, k=k) -> None:
-            if _POLLERS.get(k) is poller and not poller._watches:
-                del _POLLERS[k]
-                asyncio.get_running_loop().create_task(poller.transport.close())
+        def _forget(idle: SitePoller) -> None:
+            if _POLLERS.get(registry_key) is idle and not idle._watches:
+                del _POLLERS[registry_key]
+                asyncio.get_running_loop().create_task(idle.transport.close())
 
-        p.on_idle = _forget
-        _POLLERS[k] = p
-    return p
-
-
-def active_pollers() -> list[SitePoller]:
-    return list(_POLLERS.values())
+        poller.on_idle = _forget
+        _POLLERS[registry_key] = poller
+    return poller

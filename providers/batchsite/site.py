@@ -1,43 +1,10 @@
 """A site = a transport + a scheduler backend + a remote root.
 
 This is the only place where rendered text meets I/O. Submitting is "adopt before submit",
-done in ONE remote command (``_SUBMIT_ONCE``) so that no crash of ours can split it:
-
-1. if ``<workdir>/.batchsite/submitted`` exists, print it (re-attach, nothing submitted);
-2. else take ``<workdir>/.batchsite/lock`` (mkdir is atomic; ``lock/owner`` names the
-   taker) or wait for the other submitter (``lock_wait_seconds``, 60);
-3. unpack the rendered files (a tar on stdin), run ``submit.sh``;
-4. write its stdout + the script hash to ``submitted`` (temp name, rename) BEFORE anything
-   is printed back, so the job id is on the site before any caller can see it.
-
-A lock without a record is never removed blindly: ``submit.sh`` may have submitted
-something before it failed or died. The script exits
-
-* the submit's own exit code when ``submit.sh`` fails; it keeps the lock and writes
-  ``failed`` (stderr + stdout of that attempt, also appended to ``failed.log``);
-* 76 (``LOCK_FAILED``) at once when it finds the lock, a ``failed`` marker and no record;
-* 75 (``LOCK_STALE``) when it finds the lock without marker or record and none appears
-  while it waits: the other submitter died half-way.
-
-On 75/76 ``Site.submit`` asks the scheduler once (``Backend.render_find_script``: the jobs
-carry ``spec.key`` as their name). Found: it writes the record from the found ids
-(``_WRITE_FOUND``, same format, atomically) and returns the submission with
-``adopted=True``. Definitely not submitted: it removes lock + marker (``_CLEAR``, only if
-the lock still has the owner it saw) and runs the submit-once script one more time. A
-backend that cannot search: 76 is retried the same way (the local runner's own lock makes
-a second runner impossible), 75 is an error that says what to check.
-
-``Site.resubmit`` (DAGMan rescue, Slurm repair) keeps the record as ``submitted.<n>`` and
-runs the same flow again.
-
-Credentials (the connection's ``x509_proxy`` extra) ride in the same command, before step 1
-(a re-attached round's jobs get a renewed proxy too): the script gets the site copy's path
-and the sha256 of the local proxy; when the copy on the site has another content it exits
-77 (``CRED_STALE``) before touching anything, and ``Site.submit`` runs it once more with the
-content as the first line of stdin (base64; never in argv, which ``ps`` shows to everyone).
-The copy is written with umask 077 under a temp name in a 0700 directory, checked against
-the hash, then renamed: no window with wider permissions, no partial file under the final
-name. An unchanged proxy is never sent again. Failures exit 78 (``CRED_FAILED``).
+done in ONE remote command so that no crash of ours can split it: the protocol (lock,
+record, exit codes, credentials) is specified in the header of ``submit_once.sh``, the
+script beside this module that every step below runs (modes ``submit``, ``write-found``,
+``clear``, ``set-aside``).
 """
 
 from __future__ import annotations
@@ -57,14 +24,13 @@ from dataclasses import dataclass
 from batchsite.backends.base import Backend, RenderedRound
 from batchsite.backends.common import CREDENTIALS_DIR, RECORD_DIR, with_x509_proxy
 from batchsite.model import CommandResult, RoundSpec, RoundStatus, Submission
+from batchsite.shellscripts import load
 from batchsite.transport.base import RemoteCommandError, Transport
 
-#: exit codes of _SUBMIT_ONCE: lock without record, the last attempt failed (``failed``
-#: marker) / no marker and no record after the wait
+#: exit codes of submit_once.sh (see its header): lock without record, the last attempt
+#: failed (``failed`` marker) / no marker and no record after the wait
 LOCK_STALE = 75
 LOCK_FAILED = 76
-#: submitted, but the record could not be written (the ids are in the error text)
-RECORD_WRITE_FAILED = 74
 #: the site's copy of a credential differs from the hash given (send the content); the
 #: credential could not be installed
 CRED_STALE = 77
@@ -72,165 +38,8 @@ CRED_FAILED = 78
 #: larger than any X509 proxy (a few kB): a wrong path (a whole directory tarred...) is refused
 MAX_CREDENTIAL_BYTES = 1 << 20
 
-#: shared by the snippets below; $meta is <workdir>/.batchsite
-_META_FNS = r"""
-bs_owner() { o=; [ -f "$meta/lock/owner" ] && read -r o < "$meta/lock/owner"; }
-bs_busy() {  # the lock's owner may still be submitting: its shell lives here, or it is on another host and < 10 min old
-  bs_owner; set -- $o
-  [ -n "${2:-}" ] || return 1
-  if [ "$1" = "$(uname -n)" ]; then
-    kill -0 "$2" 2>/dev/null || return 1
-    [ -r "/proc/$2/cmdline" ] || return 0
-    tr '\000' '\n' < "/proc/$2/cmdline" | grep -qxF -- "$wd"
-    return
-  fi
-  [ $(( $(date +%s) - ${3:-0} )) -lt 600 ]
-}
-bs_mutex() {  # serialises the snippets that remove a lock or a record (not the submissions)
-  i=0
-  until mkdir "$meta/mutex" 2>/dev/null; do
-    i=$((i + 1)); [ $i -gt 100 ] && { rmdir "$meta/mutex" 2>/dev/null; i=0; }  # a holder died
-    sleep 0.1
-  done
-}
-"""
-
-#: $5 credential path ('' = none), $6 its sha256, $7 1 when stdin starts with its content as
-#: one base64 line. Runs in a subshell with umask 077; the content is never echoed.
-_CREDENTIAL = r"""
-cred=${5:-}; cred_sha=${6:-}; cred_sent=${7:-0}
-if [ -n "$cred" ]; then
-  (
-    t=; trap 'rm -f "$t"' EXIT
-    bs_cred_fail() { cat >/dev/null; echo "batchsite: credential $cred: $1" >&2; exit 78; }
-    d=${cred%/*}
-    { [ -L "$d" ] || [ -L "$cred" ]; } && bs_cred_fail "$d or the file is a symbolic link; refusing to write a credential through it"
-    [ -d "$cred" ] && bs_cred_fail "is a directory"
-    mkdir -p "${d%/*}" || bs_cred_fail "cannot create ${d%/*}"
-    umask 077
-    mkdir -p "$d" || bs_cred_fail "cannot create $d"
-    chmod 700 "$d" || bs_cred_fail "cannot make $d private (chmod 700; owned by another user?)"
-    cur=; [ -f "$cred" ] && cur=$(sha256sum < "$cred" 2>/dev/null); cur=${cur%% *}
-    if [ "$cred_sent" = 1 ]; then
-      IFS= read -r b64 || bs_cred_fail "its content did not arrive"
-      if [ "$cur" != "$cred_sha" ]; then
-        t=$(mktemp "$d/.incoming.XXXXXX") || bs_cred_fail "mktemp failed in $d (disk full?)"
-        printf '%s\n' "$b64" | base64 -d > "$t" || bs_cred_fail "could not write it (disk full? base64 missing?)"
-        got=$(sha256sum < "$t"); [ "${got%% *}" = "$cred_sha" ] || bs_cred_fail "checksum mismatch after transfer"
-        chmod 600 "$t" && mv -fT "$t" "$cred" || bs_cred_fail "could not rename it into place"
-        t=
-      fi
-    elif [ "$cur" != "$cred_sha" ]; then
-      cat >/dev/null; echo "@@CRED_STALE"; exit 77
-    fi
-    chmod 600 "$cred" || bs_cred_fail "cannot chmod 600 (owned by another user?)"
-  ) || exit $?
-fi
-"""
-
-_SUBMIT_ONCE = r"""
-set -u
-trap '' HUP PIPE
-wd=$1; hash=$2; key=$3; wait_s=$4; meta="$wd/.batchsite"; rec="$meta/submitted"
-""" + _META_FNS + _CREDENTIAL + r"""
-mkdir -p "$meta" || exit 70
-if [ -s "$rec" ]; then echo "@@ADOPT"; cat "$rec"; cat >/dev/null; exit 0; fi
-if ! mkdir "$meta/lock" 2>/dev/null; then
-  cat >/dev/null
-  i=0
-  while :; do
-    if [ -s "$rec" ]; then echo "@@ADOPT"; cat "$rec"; exit 0; fi
-    if [ -f "$meta/failed" ]; then
-      bs_owner; echo "@@LOCK $o"
-      echo "batchsite: a submission of $key failed and left $meta/lock; its output ($meta/failed):" >&2
-      cat "$meta/failed" >&2
-      exit 76
-    fi
-    # past the wait, only while the owner still submits (at most 3 times as long)
-    if [ $i -ge "$wait_s" ]; then { [ $i -lt $((wait_s * 3)) ] && bs_busy; } || break; fi
-    sleep 1; i=$((i + 1))
-  done
-  bs_owner; echo "@@LOCK $o"
-  echo "batchsite: $meta/lock (taken by: ${o:-unknown}) exists but no submission record after $i s: a submission of this round may have died half-way. Check the scheduler for jobs named $key before removing $meta/lock to allow a new submission." >&2
-  exit 75
-fi
-printf '%s %s %s\n' "$(uname -n)" "$$" "$(date +%s)" > "$meta/lock/owner"
-rm -f "$meta/failed"
-tar -xf - -C "$wd" || { rm -f "$meta/lock/owner"; rmdir "$meta/lock"; echo "batchsite: could not unpack round files into $wd" >&2; exit 71; }
-out=$(cd "$wd" && sh ./submit.sh 2>"$meta/submit.err"); rc=$?
-if [ $rc -ne 0 ]; then
-  # keep the lock: submit.sh may have submitted something before it failed
-  { echo "submit.sh exited $rc at $(date +%s)"; cat "$meta/submit.err"; printf '%s\n' "$out"; } > "$meta/failed.tmp.$$"
-  cat "$meta/failed.tmp.$$" >> "$meta/failed.log"
-  mv -f "$meta/failed.tmp.$$" "$meta/failed"
-  echo "batchsite: submit.sh exited $rc" >&2; cat "$meta/submit.err" >&2; printf '%s\n' "$out" >&2
-  case $rc in 74|75|76|77|78) rc=1 ;; esac  # ours
-  exit $rc
-fi
-if ! { printf '%s\n%s\n%s\n' "$hash" "$(date +%s)" "$out" > "$rec.tmp.$$" && mv -f "$rec.tmp.$$" "$rec"; }; then
-  rm -f "$rec.tmp.$$"
-  echo "batchsite: submitted, but could not write $rec (lock kept); submit.sh printed: $out" >&2
-  exit 74
-fi
-rm -f "$meta/failed"
-echo "@@SUBMITTED"; cat "$rec"
-"""
-
-#: record a submission found by name: $1 workdir, $2 hash, $3 the lock owner seen;
-#: stdin = what submit.sh would have printed. Never replaces a record.
-_WRITE_FOUND = r"""
-set -u
-wd=$1; hash=$2; tok=$3; meta="$wd/.batchsite"; rec="$meta/submitted"
-""" + _META_FNS + r"""
-found=$(cat)
-bs_mutex
-if [ -s "$rec" ]; then rmdir "$meta/mutex"; echo "@@ADOPT"; cat "$rec"; exit 0; fi
-bs_owner
-if [ ! -d "$meta/lock" ] || [ "$o" != "$tok" ]; then rmdir "$meta/mutex"; echo "@@CHANGED"; exit 0; fi
-if ! { printf '%s\n%s\n%s\n%s\n' "$hash" "$(date +%s)" "# batchsite: found by scheduler name, the submission's own output was lost" "$found" > "$rec.tmp.$$" && mv -f "$rec.tmp.$$" "$rec"; }; then
-  rm -f "$rec.tmp.$$"; rmdir "$meta/mutex"
-  echo "batchsite: could not write $rec; the scheduler has: $found" >&2; exit 74
-fi
-rm -f "$meta/failed"; rmdir "$meta/mutex"
-echo "@@ADOPT"; cat "$rec"
-"""
-
-#: remove lock + failed marker, only while the lock still has the owner seen ($2), and
-#: ($3 = stale) only when that owner no longer submits / ($3 = failed) its marker is there
-_CLEAR = r"""
-set -u
-wd=$1; tok=$2; mode=$3; meta="$wd/.batchsite"; rec="$meta/submitted"
-""" + _META_FNS + r"""
-bs_mutex
-bs_owner
-if [ -s "$rec" ]; then echo "@@RECORDED"
-elif [ ! -d "$meta/lock" ] || [ "$o" != "$tok" ]; then echo "@@CHANGED"
-elif [ "$mode" = failed ] && [ ! -f "$meta/failed" ]; then echo "@@CHANGED"
-elif [ "$mode" != failed ] && bs_busy; then echo "@@BUSY $o"
-else rm -f "$meta/failed" "$meta/lock/owner"; rmdir "$meta/lock" && echo "@@CLEARED"
-fi
-rmdir "$meta/mutex"
-"""
-
-#: keep the record as submitted.<n> and remove the lock, if the record is still the one
-#: on stdin; $2 = the reason (logged in resubmit.log)
-_SET_ASIDE = r"""
-set -u
-meta="$1/.batchsite"; reason=$2; rec="$meta/submitted"
-""" + _META_FNS + r"""
-exp=$(cat)
-bs_mutex
-cur=; [ -f "$rec" ] && cur=$(cat "$rec")
-if [ ! -s "$rec" ] || [ "$cur" != "$exp" ]; then rmdir "$meta/mutex"; echo "@@CHANGED"; exit 0; fi
-n=1; while [ -e "$rec.$n" ]; do n=$((n + 1)); done
-mv "$rec" "$rec.$n" || { rmdir "$meta/mutex"; exit 72; }
-# the last attempt's exit files must not speak for the rescue round's units
-[ -d "$1/status" ] && mv "$1/status" "$1/status.$n"
-printf '%s %s %s\n' "$n" "$(date +%s)" "$reason" >> "$meta/resubmit.log"
-rm -f "$meta/failed" "$meta/lock/owner"; rmdir "$meta/lock" 2>/dev/null
-rmdir "$meta/mutex"
-echo "@@MOVED $n"
-"""
+#: the submit-once protocol, a POSIX sh script run as ``sh -c <text> batchsite <mode> ...``
+SUBMIT_ONCE = load("batchsite", "submit_once.sh")
 
 
 class CredentialError(ValueError):
@@ -296,11 +105,11 @@ class SiteCommandError(RemoteCommandError):
 
 
 def script_hash(rendered: RenderedRound) -> str:
-    h = hashlib.sha256()
+    digest = hashlib.sha256()
     for name in sorted(rendered.files):
-        h.update(name.encode() + b"\0" + rendered.files[name].encode() + b"\0")
-    h.update(rendered.submit_script.encode())
-    return h.hexdigest()[:16]
+        digest.update(name.encode() + b"\0" + rendered.files[name].encode() + b"\0")
+    digest.update(rendered.submit_script.encode())
+    return digest.hexdigest()[:16]
 
 
 def tar_files(files: dict[str, str], executable: frozenset[str]) -> bytes:
@@ -338,10 +147,10 @@ class Site:
 
     # ------------------------------------------------------------------ helpers
     def path(self, *parts: str) -> str:
-        p = posixpath.normpath(posixpath.join(self.remote_root, *parts))
-        if p != self.remote_root and not p.startswith(self.remote_root + "/"):
+        joined = posixpath.normpath(posixpath.join(self.remote_root, *parts))
+        if joined != self.remote_root and not joined.startswith(self.remote_root + "/"):
             raise ValueError(f"path {'/'.join(parts)!r} escapes remote_root {self.remote_root}")
-        return p
+        return joined
 
     def x509_proxy_path(self) -> str:
         """Where the site's copy of the proxy lives (one per connection under remote_root)."""
@@ -402,7 +211,7 @@ class Site:
         args = [spec.workdir, digest, spec.key, str(wait)]
 
         def run(*extra: str, stdin: bytes) -> CommandResult:
-            return self.transport.sh(_SUBMIT_ONCE, *args, *extra, stdin=stdin, timeout=120 + 3 * wait,
+            return self.transport.sh(SUBMIT_ONCE, "submit", *args, *extra, stdin=stdin, timeout=120 + 3 * wait,
                                      what=f"submit {spec.label}")
 
         if cred is None:
@@ -431,27 +240,28 @@ class Site:
                     f"site {spec.workdir}/state and logs), then remove {meta}/lock to allow a new submission"))
             # 76: the failed attempt's own guard prevents a second start (local: state/runner.lock)
         else:
-            fr = self.transport.sh(script, timeout=120, what=f"look for {spec.key}")
+            found_reply = self.transport.sh(script, timeout=120, what=f"look for {spec.key}")
             try:
-                ids = self.backend.parse_find(fr.out, spec)
+                ids = self.backend.parse_find(found_reply.out, spec)
             except ValueError as e:
                 raise self._error(r, what, (
                     f"{meta}/lock exists without a submission record, and looking for jobs named "
-                    f"{spec.key} did not settle it: {e}"), also=f"{fr.out}\n{fr.err}") from e
+                    f"{spec.key} did not settle it: {e}"), also=f"{found_reply.out}\n{found_reply.err}") from e
             if ids is not None:
                 text = self.backend.format_submit(ids).rstrip("\n") + "\n"
-                w = self.transport.sh(_WRITE_FOUND, spec.workdir, digest, owner, stdin=text.encode(), timeout=60)
-                if w.returncode != 0:
-                    raise self._error(w, f"recording the submission of {spec.key} found by name")
-                if w.out.startswith("@@ADOPT"):
-                    return self._submission_from_record(spec, w.out)
+                written = self.transport.sh(SUBMIT_ONCE, "write-found", spec.workdir, digest, owner,
+                                            stdin=text.encode(), timeout=60)
+                if written.returncode != 0:
+                    raise self._error(written, f"recording the submission of {spec.key} found by name")
+                if written.out.startswith("@@ADOPT"):
+                    return self._submission_from_record(spec, written.out)
                 return None  # the lock changed hands meanwhile: submit-once decides again
         mode = "failed" if r.returncode == LOCK_FAILED else "stale"
-        c = self.transport.sh(_CLEAR, spec.workdir, owner, mode, timeout=60, check=True,
+        cleared = self.transport.sh(SUBMIT_ONCE, "clear", spec.workdir, owner, mode, timeout=60, check=True,
                               what=f"clear the lock of {spec.key}")
-        if c.out.startswith("@@BUSY"):
+        if cleared.out.startswith("@@BUSY"):
             raise self._error(r, what, (
-                f"{meta}/lock is held by a submission that is still running ({c.out[7:].strip()}: host, pid, "
+                f"{meta}/lock is held by a submission that is still running ({cleared.out[7:].strip()}: host, pid, "
                 f"start) and no job named {spec.key} is known yet: try again later, or stop it first"))
         return None
 
@@ -514,7 +324,7 @@ class Site:
                     f"resubmit {spec.key}: its current submission {current.fanout_id} "
                     f"{'succeeded' if now.succeeded else 'is not finished'} ({now.progress_line(spec.label)})")
             record = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
-            self.transport.sh(_SET_ASIDE, spec.workdir, reason, stdin=record, timeout=60, check=True,
+            self.transport.sh(SUBMIT_ONCE, "set-aside", spec.workdir, reason, stdin=record, timeout=60, check=True,
                               what=f"keep the record of {spec.key} aside")
         return self.submit(spec)
 

@@ -60,7 +60,7 @@ def batchsite_test_jobs():
     BatchRoundOperator(task_id="holdme", site_conn_id="{{ params.site }}",
                        units=[["sh", "-c", "sleep 6"]], fanin=["true"], workdir="test/{{ params.tag }}",
                        job_resources={"job_flavour": "microcentury"},
-                       round_def={"on_hold": {"after_seconds": 2, "max_releases": 1}})
+                       on_hold={"after_seconds": 2, "max_releases": 1})
 
     # the secrets test (tests/reliability/test_secrets.py): each unit and the fan-in record
     # where X509_USER_PROXY points, whether they can read it and the sha256 they read (never

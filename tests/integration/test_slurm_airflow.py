@@ -130,8 +130,9 @@ def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, scheduler, con
 def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeypatch, fault_record):
     row = fault_record(10, "slurm, task cleared while deferred")
     from batchsite.config import site_config_from_connection
-    from batchsite.hooks.site import site_from_config
+    from batchsite.hooks.site import site_for_conn
     from batchsite.model import RoundSpec, WorkUnit
+    from batchsite.rounds import RoundWatch
     from batchsite.triggers.round import BatchRoundTrigger
 
     monkeypatch.setenv("AIRFLOW_CONN_SLURM_SITE", json.dumps(slurm_conn))
@@ -140,11 +141,11 @@ def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeyp
     key = f"bs-trig-{uuid.uuid4().hex[:8]}"
     spec = RoundSpec(key=key, label="t", workdir=f"{cfg.remote_root}/test/{key}", env_script=cfg.env_script,
                      units=[WorkUnit(index=i, argv=["sleep", "120"]) for i in range(3)], fanin=["true"])
-    site = site_from_config(cfg)
+    site = site_for_conn(cfg)
     sub = site.submit(spec)
     site.close()
     assert squeue_named(site_info, key)
-    trig = BatchRoundTrigger(cfg.public_dict(), sub.model_dump(mode="json"), "t")
+    trig = BatchRoundTrigger(**RoundWatch.of(sub, site_conn_id="slurm_site", label="t").model_dump(mode="json"))
     t0 = time.monotonic()
     asyncio.run(trig.on_kill())
     deadline = time.monotonic() + 30

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from batchsite.config import site_config_from_connection
-from batchsite.hooks.site import async_transport_for, transport_for
+from batchsite.hooks.site import async_transport_for_conn, transport_for_conn
 from batchsite.transport.base import HostKeyError
 from batchsite.transport.local import LocalTransport
 
@@ -30,7 +30,7 @@ def make(kind, site_info, conn, tmp_path):
     if kind == "openssh":
         extra["control_path"] = str(tmp_path / "cm")
     cfg = site_config_from_connection("bs_transport", conn["host"], conn["port"], conn["login"], extra)
-    return transport_for(cfg)
+    return transport_for_conn(cfg)
 
 
 KINDS = ["local", "ssh", "openssh"]
@@ -91,7 +91,7 @@ def test_async_transports(kind, site_info, conn_env, tmp_path):
         cfg = site_config_from_connection("bs_transport", conn_env["host"], conn_env["port"], conn_env["login"], extra)
 
     async def go():
-        t = async_transport_for(cfg)
+        t = async_transport_for_conn(cfg)
         try:
             rs = [await t.run(["sh", "-c", f"echo {i}; exit {i % 3}"]) for i in range(6)]
             killed = await t.run(["sh", "-c", "kill -9 $$"])

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from batchsite.config import site_config_from_connection
-from batchsite.hooks.site import site_from_config
+from batchsite.hooks.site import site_for_conn
 from batchsite.model import JobState, RoundSpec, WorkUnit
 
 from ..conftest import _site_cmd, site_conn
@@ -30,7 +30,7 @@ def test_round_without_accounting_uses_scontrol(no_accounting_site, monkeypatch)
     conn = site_conn(info)
     monkeypatch.setenv("AIRFLOW_CONN_NOACCT", json.dumps(conn))
     cfg = site_config_from_connection("noacct", conn["host"], conn["port"], conn["login"], conn["extra"])
-    site = site_from_config(cfg)
+    site = site_for_conn(cfg)
     key = f"bs-noacct-{uuid.uuid4().hex[:8]}"
     spec = RoundSpec(key=key, label="noacct", workdir=f"{cfg.remote_root}/test/{key}", env_script=cfg.env_script,
                      units=[WorkUnit(index=i, argv=["sh", "-c", f"exit {4 if i == 1 else 0}"]) for i in range(4)],

@@ -44,7 +44,7 @@ def _write_tree(base: Path, files: dict[str, bytes]) -> Path:
 @pytest.fixture
 def ssh_transport(site_info, monkeypatch):
     from batchsite.config import site_config_from_connection
-    from batchsite.hooks.site import transport_for
+    from batchsite.hooks.site import transport_for_conn
 
     conn = site_conn(site_info, "slurm")
     monkeypatch.setenv("AIRFLOW_CONN_STAGE_SITE", json.dumps(conn))
@@ -52,7 +52,7 @@ def ssh_transport(site_info, monkeypatch):
     transports = []
 
     def make():
-        t = transport_for(cfg)
+        t = transport_for_conn(cfg)
         transports.append(t)
         return t
 

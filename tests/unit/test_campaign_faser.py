@@ -4,7 +4,7 @@ import pytest
 
 from batchsite.campaign.common import CampaignConfigError
 from batchsite.campaign.faser import (
-    base_dir, first_round, pad_run, parse_config, parse_files, parse_params, replan, round_def,
+    base_dir, first_round, pad_run, parse_config, parse_files, parse_params, replan, round_request,
 )
 
 
@@ -57,16 +57,16 @@ def test_seed_config_json_is_accepted():
     assert cfg.uses_calypso
 
 
-def test_layout_and_round_def_follow_the_seed():
+def test_layout_and_round_request_follow_the_seed():
     p = parse_params({"year": 2023, "run": "11705", "files": "400-406", "iterations": 3})
     assert base_dir(p, "/home/u/bs") == "/home/u/bs/faser/Y2023_R011705_F400-406"
-    rd = round_def(p, 2, p.file_numbers, remote_root="/home/u/bs", python="python3")
+    rd = round_request(p, 2, p.file_numbers, remote_root="/home/u/bs", python="python3").model_dump(mode="json")
     assert rd["workdir"] == "/home/u/bs/faser/Y2023_R011705_F400-406/iter02/1reco"
-    assert rd["kf_dir"].endswith("iter02/2kfalignment") and rd["mp_dir"].endswith("iter02/3millepede")
+    assert rd["collect"]["kf_dir"].endswith("iter02/2kfalignment") and rd["collect"]["mp_dir"].endswith("iter02/3millepede")
     assert [u["name"] for u in rd["units"]][:2] == ["reco_00400", "reco_00401"]
     assert "--constants=/home/u/bs/faser/Y2023_R011705_F400-406/iter01/3millepede/inputforalign.txt" in rd["units"][0]["argv"]
     assert rd["fanin"][2] == "faser_reference.millepede"
-    first = round_def(p, 1, [400], remote_root="/r", python="python3")
+    first = round_request(p, 1, [400], remote_root="/r", python="python3").model_dump(mode="json")
     assert not any(a.startswith("--constants") for a in first["units"][0]["argv"])
 
 
@@ -74,8 +74,8 @@ def test_eos_output_and_calypso_chain():
     p = parse_params({"files": "400-402", "config": {
         "paths": {"calypso_install": "/c", "pede_install": "/p", "env_script": "/e.sh", "eos_output_dir": "/eos/o"},
         "storage": {"use_eos_for_output": True}}})
-    rd = round_def(p, 1, p.file_numbers, remote_root="/r", python="python3")
-    assert rd["kf_dir"] == "/eos/o/Y2023_R011705_F400-402/iter01/2kfalignment"
+    rd = round_request(p, 1, p.file_numbers, remote_root="/r", python="python3").model_dump(mode="json")
+    assert rd["collect"]["kf_dir"] == "/eos/o/Y2023_R011705_F400-402/iter01/2kfalignment"
     assert rd["units"][0]["argv"][:2] == ["bash", "/r/scripts/runAlignment.sh"]
 
 
@@ -129,3 +129,11 @@ def test_run_and_files_take_ascii_digits_only():
         parse_params({"files": "\u0664\u0660\u0660"})
     with pytest.raises(CampaignConfigError, match="run"):
         parse_params({"run": 10**12})
+
+
+def test_max_rescues_reaches_the_operator_as_its_rescue_policy():
+    # the round request carries it as a typed field (it was an unread top-level key before)
+    params = parse_params({"files": "400-402", "max_rescues": 5})
+    request = round_request(params, 1, params.file_numbers, remote_root="/r", python="python3")
+    assert request.rescue.max_rescues == 5
+    assert request.collect.summary.endswith("iter01/3millepede/alignment.json")

@@ -5,7 +5,7 @@ import pytest
 
 from batchsite.campaign.common import CampaignConfigError, render_argv
 from batchsite.campaign.rg import (
-    coarsen, hist_l1, initial_partitions, noise_floor, parse_params, replan, round_def,
+    coarsen, hist_l1, initial_partitions, noise_floor, parse_params, replan, round_request,
 )
 
 
@@ -32,17 +32,17 @@ def test_exp_needs_shifts():
         params(type="EXP")
 
 
-def test_round_def_renders_reference_commands_and_layout():
+def test_round_request_renders_reference_commands_and_layout():
     p = params()
     (part,) = initial_partitions(p)
-    rd = round_def(p, part, remote_root="/home/u/bs", python="/usr/bin/python3")
+    rd = round_request(p, part, remote_root="/home/u/bs", python="/usr/bin/python3").model_dump(mode="json")
     assert [u["index"] for u in rd["units"]] == list(range(8))
     u3 = rd["units"][3]["argv"]
     assert u3[:3] == ["/usr/bin/python3", "-m", "source.generate"]
     assert "--batch" in u3 and u3[u3.index("--batch") + 1] == "3"
     assert not any(a.startswith("--input-hist") for a in u3)  # step 1: no input histogram
     assert rd["workdir"] == "/home/u/bs/job_logs/v1/FP/RG1"
-    assert rd["out_dir"] == "/home/u/bs/job_outputs/v1/FP"
+    assert rd["collect"]["out_dir"] == "/home/u/bs/job_outputs/v1/FP"
     assert rd["fanin"][:3] == ["/usr/bin/python3", "-m", "source.aggregate"]
     assert rd["throttle"] == 2
 
@@ -51,11 +51,11 @@ def test_exp_partitions_one_per_shift_and_seeded_from_fp():
     p = params(type="EXP", shifts=[0.05, 0.1], fp_version="fpv")
     parts = initial_partitions(p, fp_step=4)
     assert [x["shift"] for x in parts] == [0.05, 0.1]
-    rd = round_def(p, parts[1], remote_root="/r", python="python3")
+    rd = round_request(p, parts[1], remote_root="/r", python="python3").model_dump(mode="json")
     argv = rd["units"][0]["argv"]
     assert "--input-hist=/r/job_outputs/fpv/FP/hist/sym_z/sym_z_hist_RG4.npz" in argv
     assert "--shift=0.1" in argv
-    assert rd["out_dir"] == "/r/job_outputs/v1/EXP/shift1"
+    assert rd["collect"]["out_dir"] == "/r/job_outputs/v1/EXP/shift1"
 
 
 def test_render_argv_drops_items_with_none_and_refuses_unknown():
@@ -134,23 +134,23 @@ def test_the_groups_own_cli_can_replace_the_reference_payload():
                          "{initial}", "{step}", "{seed}", "{input_hist}"]}
     p = params(commands=cmds)
     (part,) = initial_partitions(p)
-    rd = round_def(p, part, remote_root="/r", python="python3")
+    rd = round_request(p, part, remote_root="/r", python="python3").model_dump(mode="json")
     assert rd["units"][2]["argv"] == ["python3", "-m", "source.data_generation", "1000",
                                       "/r/job_outputs/v1/FP/batches/RG1/batch_2", "1", "1", "1"]
-    rd2 = round_def(p, {**part, "step": 2}, remote_root="/r", python="python3")
+    rd2 = round_request(p, {**part, "step": 2}, remote_root="/r", python="python3").model_dump(mode="json")
     assert rd2["units"][0]["argv"][-3:] == ["2", "1", "/r/job_outputs/v1/FP/hist/sym_z/sym_z_hist_RG1.npz"]
     assert rd2["units"][0]["argv"][5] == "0"
     with pytest.raises(CampaignConfigError, match="unknown command"):
         params(commands={"generat": ["x"]})
 
 
-def test_command_templates_use_only_the_placeholders_round_def_renders():
+def test_command_templates_use_only_the_placeholders_round_request_renders():
     from batchsite.campaign.rg import PLACEHOLDERS
 
     argv = ["{python}", "-m", "source.x"] + [f"--{n}={{{n}}}" for n in sorted(PLACEHOLDERS)]
     p = params(commands={"generate": argv})
     (part,) = initial_partitions(p)
-    rd = round_def(p, {**part, "step": 2}, remote_root="/r", python="python3")
+    rd = round_request(p, {**part, "step": 2}, remote_root="/r", python="python3").model_dump(mode="json")
     assert not any("{" in a for a in rd["units"][0]["argv"])  # every placeholder has a value
 
 

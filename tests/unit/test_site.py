@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from batchsite.backends.base import SubmitIds
-from batchsite.backends.local import LocalBackend, parse_submit
+from batchsite.backends.local import LocalBackend
+from batchsite.backends.local_parse import parse_submit
 from batchsite.model import JobState, RoundSpec, RoundStatus, Submission, TaskStatus, WorkUnit
 from batchsite.site import LOCK_FAILED, LOCK_STALE, Site, SiteCommandError
 from batchsite.transport.local import LocalTransport
@@ -224,19 +225,19 @@ def test_stale_lock_found_by_name_is_recorded_and_adopted(root):
 
 def test_lock_changed_hands_is_not_cleared(root):
     """The clear snippet removes the lock only while it has the owner the caller saw."""
-    from batchsite.site import _CLEAR
+    from batchsite.site import SUBMIT_ONCE
 
     site = new_site(root)
     spec = make_spec(site, "bs-owner", [["true"]])
     m = meta(spec)
     (m / "lock").mkdir(parents=True)
     (m / "lock" / "owner").write_text("host 2 3\n")
-    r = site.transport.sh(_CLEAR, spec.workdir, "host 1 2", "stale")
+    r = site.transport.sh(SUBMIT_ONCE, "clear", spec.workdir, "host 1 2", "stale")
     assert r.out.strip() == "@@CHANGED" and (m / "lock").is_dir()
-    r = site.transport.sh(_CLEAR, spec.workdir, "host 2 3", "failed")  # no failed marker
+    r = site.transport.sh(SUBMIT_ONCE, "clear", spec.workdir, "host 2 3", "failed")  # no failed marker
     assert r.out.strip() == "@@CHANGED" and (m / "lock").is_dir()
     # another host, taken at epoch 3: long dead
-    r = site.transport.sh(_CLEAR, spec.workdir, "host 2 3", "stale")
+    r = site.transport.sh(SUBMIT_ONCE, "clear", spec.workdir, "host 2 3", "stale")
     assert r.out.strip() == "@@CLEARED" and not (m / "lock").exists()
     assert not (m / "mutex").exists()
 

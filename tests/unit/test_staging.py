@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from batchsite import staging as st
+from batchsite.campaign import rg_layout
+from batchsite.hooks.staging_cli import main as staging_main
 from batchsite.site import Site
+from batchsite.staging import manifest, transfer
 from batchsite.staging import (
     PullReport, RemoteDiskFullError, Staging, StagingError, StagingInputError, UnsafePathError,
     pull_tree, push_tree, put_text, read_text,
@@ -112,8 +115,8 @@ def test_unchanged_files_are_not_hashed_again(env, monkeypatch):
     for p in src.iterdir():  # older than the 2 s racy window
         os.utime(p, (1_600_000_000, 1_600_000_000))
     calls = []
-    real = st._sha256_file
-    monkeypatch.setattr(st, "_sha256_file", lambda p: calls.append(p) or real(p))
+    real = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: calls.append(p) or real(p))
     push(env, src)
     assert len(calls) == 20
     calls.clear()
@@ -216,12 +219,12 @@ def test_bad_input_refused_before_any_command(env, call):
 
 
 def test_input_errors_name_the_field():
-    with pytest.raises(StagingInputError, match=r"version='\.\./x'.*--version"):
-        st.check_version("../x")
-    with pytest.raises(StagingInputError, match=r"type='fp': use FP or EXP"):
-        st.check_run_type("fp")
-    with pytest.raises(StagingInputError, match=r"pull='all': use one of hist, outputs, logs"):
-        st.check_kind("all")
+    with pytest.raises(rg_layout.LayoutInputError, match=r"version='\.\./x'.*--version"):
+        rg_layout.check_version("../x")
+    with pytest.raises(rg_layout.LayoutInputError, match=r"type='fp': use FP or EXP"):
+        rg_layout.check_run_type("fp")
+    with pytest.raises(rg_layout.LayoutInputError, match=r"pull='all': use one of hist, outputs, logs"):
+        rg_layout.check_kind("all")
     with pytest.raises(UnsafePathError, match=r"contains '\.\.'"):
         st.check_remote_path("/r/../etc", "/r")
 
@@ -254,7 +257,7 @@ def test_unsafe_tar_members_from_the_site_are_refused(tmp_path, member, want):
     local = tmp_path / "dest"
     rep = PullReport(remote_dir="/r", local_dir=str(local))
     with pytest.raises(UnsafePathError):
-        st._install_pulled(_tar([member]), {want: "0" * 64}, local, rep, st.HashCache(None))
+        transfer._install_pulled(_tar([member]), {want: "0" * 64}, local, rep, st.HashCache(None))
     assert not local.exists() or not any(local.rglob("*"))
     assert [p.name for p in tmp_path.iterdir()] == []  # temp dir removed
 
@@ -265,7 +268,7 @@ def test_file_changed_on_the_site_during_pull_is_not_installed(tmp_path):
     rep = PullReport(remote_dir="/r", local_dir=str(local))
     data = _tar([_member("./hist/a", b"newer"), _member("./hist/b", b"b")])
     want = {"hist/a": hashlib.sha256(b"new").hexdigest(), "hist/b": hashlib.sha256(b"b").hexdigest()}
-    st._install_pulled(data, want, local, rep, st.HashCache(None))
+    transfer._install_pulled(data, want, local, rep, st.HashCache(None))
     assert rep.changed_during_pull == ["hist/a"] and rep.received == ["hist/b"]
     assert (local / "hist/a").read_text() == "old" and (local / "hist/b").read_text() == "b"
     assert "pull again" in rep.summary()
@@ -408,13 +411,13 @@ def test_cli_push_and_pull(local_conn, capsys):
     code = tree(env["tmp"] / "source", {"rg.py": "x\n"})
     scripts = tree(env["tmp"] / "scripts", {"rg_fp_master.sh": "#!/bin/sh\n"})
     configs = tree(env["tmp"] / "configs", {"iqhe.yaml": "a: 1\n"})
-    assert st.main(["--action", "push", "--code", str(code), "--scripts", str(scripts),
+    assert staging_main(["--action", "push", "--code", str(code), "--scripts", str(scripts),
                     "--scripts", str(configs), "--sys", "linux"]) == 0
     out = capsys.readouterr().out
     assert "push code:" in out and "1 file(s) sent" in out
     assert sorted(os.listdir(env["root"] / "scripts")) == ["iqhe.yaml", "rg_fp_master.sh"]
     _outputs(env["root"])
-    assert st.main(["--action", "pull", "--pull", "hist", "--version", "v1", "--type", "FP",
+    assert staging_main(["--action", "pull", "--pull", "hist", "--version", "v1", "--type", "FP",
                     "--dest", str(env["tmp"] / "back"), "--sys", "linux"]) == 0
     assert "2 file(s) received" in capsys.readouterr().out
     assert (env["tmp"] / "back/job_outputs/v1/FP/hist/z_hist_RG1.npz").exists()
@@ -429,7 +432,7 @@ def test_cli_push_and_pull(local_conn, capsys):
 ])
 def test_cli_bad_input_exits_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
-        st.main(argv)
+        staging_main(argv)
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
 

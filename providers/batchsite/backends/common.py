@@ -22,6 +22,7 @@ import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from batchsite import shellscripts
 from batchsite.model import JobState, RoundSpec, Submission, TaskStatus
 
 STATUS_DIR = "status"
@@ -145,24 +146,9 @@ def split_sections(text: str) -> dict[tuple[str, str], str]:
 
 # ---------------------------------------------------------------- one command per section
 
-#: ``bs_run <command...>``: the command's stdout is streamed through (never held in memory
-#: or in a temp file: condor_q -json of a big DAG is megabytes) and always ends with a
-#: newline; then its stderr as ``!err <line>`` lines and ``!rc <exit code>``. Sets
-#: ``$bs_rc`` and ``$bs_err`` and returns the command's exit code. No temp files: stderr
-#: and the exit code travel through fd 4 into a variable, the stream goes to fd 3 (the
-#: script's stdout). POSIX sh + awk.
-RUN_HELPER = r"""exec 3>&1
-bs_nl='
-'
-bs_run() {
-  bs_out=$( { { "$@" 2>&4 3>&- 4>&-; printf '\n%s\n' "$?" >&4; } | awk '{ print }' >&3 3>&- 4>&-; } 4>&1 )
-  bs_rc=${bs_out##*"$bs_nl"}
-  bs_err=${bs_out%"$bs_rc"}
-  while :; do case $bs_err in *"$bs_nl") bs_err=${bs_err%"$bs_nl"} ;; *) break ;; esac; done
-  [ -n "$bs_err" ] && printf '%s\n' "$bs_err" | sed 's/^/!err /'
-  echo "!rc $bs_rc"
-  return "$bs_rc"
-}"""
+#: ``bs_run <command...>``: the command's stdout streamed, then its stderr as ``!err`` lines
+#: and ``!rc <exit code>`` (``run_helper.sh`` beside this module; its header says how)
+RUN_HELPER = shellscripts.load("batchsite.backends", "run_helper.sh")
 
 
 @dataclass

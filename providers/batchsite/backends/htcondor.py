@@ -43,7 +43,7 @@ from htcondor2 import dags
 from htcondor2.dags import formatter as dag_formatter
 
 from batchsite.backends import common
-from batchsite.backends import htcondor_parse as hp
+from batchsite.backends import htcondor_parse
 from batchsite.backends.base import Backend, RenderedRound, SubmitIds, register
 from batchsite.model import SAFE_NAME, Resources, RoundSpec, RoundStatus, Submission
 
@@ -52,7 +52,7 @@ q = common.q
 UNIT_SCRIPT = "unit.sh"
 FANIN_SCRIPT = "fanin.sh"
 UNIT_LAYER = "unit"  # -> unit.sub
-FANIN_LAYER = hp.FANIN_NODE  # -> fanin.sub, node "fanin"
+FANIN_LAYER = htcondor_parse.FANIN_NODE  # -> fanin.sub, node "fanin"
 CONFIG_FILE = "dagman.config"  # the name htcondor2.dags gives it
 LOG_DIR = "logs"
 CATEGORY = "units"
@@ -333,7 +333,7 @@ def render_round(spec: RoundSpec, opts: Options = Options()) -> RenderedRound:
     return RenderedRound(files=files, submit_script=render_submit_script(spec), executable=executable)
 
 
-parse_submit = hp.parse_submit
+parse_submit = htcondor_parse.parse_submit
 
 
 def format_submit(ids: SubmitIds) -> str:
@@ -382,7 +382,7 @@ def _schedd_groups(subs: Sequence[Submission]) -> dict[str, list[Submission]]:
     for s in subs:
         if s.schedd is not None and not re.fullmatch(r"[A-Za-z0-9@._:-]+", s.schedd):
             raise ValueError(f"{s.key}: schedd {s.schedd!r} is not a schedd name")
-        groups.setdefault(hp.schedd_section(s.schedd), []).append(s)
+        groups.setdefault(htcondor_parse.schedd_section(s.schedd), []).append(s)
     return groups
 
 
@@ -483,7 +483,7 @@ def render_find_by_batch_name_script(key: str, schedd: str | None = None, workdi
     ``.dagman.out``), and the earlier records and failed attempts."""
     if not SAFE_NAME.match(key):
         raise ValueError(f"key={key!r} is not a safe job name")
-    section = hp.schedd_section(schedd)
+    section = htcondor_parse.schedd_section(schedd)
     c = f'JobBatchName == "{key}" && JobUniverse == 7'
     lines = [
         common.RUN_HELPER,
@@ -533,7 +533,7 @@ class HTCondorBackend(Backend):
         return render_status_script(subs)
 
     def parse_status(self, text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus]:
-        return hp.parse_status(text, subs)
+        return htcondor_parse.parse_status(text, subs)
 
     def render_cancel_script(self, subs: Sequence[Submission]) -> str:
         return render_cancel_script(subs)
@@ -545,14 +545,14 @@ class HTCondorBackend(Backend):
         return probe_script()
 
     def apply_probe(self, text: str) -> None:
-        self.version, self.kerberos_ok = hp.parse_probe(text)
+        self.version, self.kerberos_ok = htcondor_parse.parse_probe(text)
 
     def render_find_script(self, spec: RoundSpec) -> str:
         # the submitting login node's default schedd: where condor_submit_dag just sent it
         return render_find_by_batch_name_script(spec.key, None, spec.workdir)
 
     def parse_find(self, text: str, spec: RoundSpec) -> SubmitIds | None:
-        return hp.parse_find_by_batch_name(text, spec.key, bool(spec.fanin))
+        return htcondor_parse.parse_find_by_batch_name(text, spec.key, bool(spec.fanin))
 
     def format_submit(self, ids: SubmitIds) -> str:
         return format_submit(ids)
@@ -560,7 +560,7 @@ class HTCondorBackend(Backend):
     @staticmethod
     def diagnose(text: str) -> str | None:
         """A clear message for Kerberos/AFS/schedd errors in a tool's output, or None."""
-        return hp.diagnose_credentials(text)
+        return htcondor_parse.diagnose_credentials(text)
 
 
 __all__ = [

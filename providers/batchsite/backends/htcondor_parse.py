@@ -178,15 +178,6 @@ def is_time_limit(ad: dict | None) -> bool:
     return any(TIME_LIMIT.search(str(ad.get(k) or "")) for k in ("HoldReason", "RemoveReason"))
 
 
-def _job_reason(ad: dict) -> str:
-    st = ad.get("JobStatus")
-    if st == 5:
-        return str(ad.get("HoldReason") or "")
-    if st == 3:
-        return str(ad.get("RemoveReason") or "")
-    return ""
-
-
 def queue_job_status(ad: dict | None) -> TaskStatus | None:
     """A node job still in ``condor_q``; None when it says nothing useful (completed or
     being removed: the node status file and the history decide)."""
@@ -327,7 +318,7 @@ def parse_node_map(text: str | None) -> dict[int, str]:
     return out
 
 
-class _Round:
+class _DagObservation:
     """Everything observed about one DAG; ``status(node, exit_rc)`` decides one node."""
 
     def __init__(self, sub: Submission, view: _Schedd, sections: dict[tuple[str, str], str]):
@@ -459,7 +450,7 @@ def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus
     out: dict[str, RoundStatus] = {}
     for s in subs:
         view = views[schedd_section(s.schedd)]
-        r = _Round(s, view, sections)
+        r = _DagObservation(s, view, sections)
         exits = common.parse_exit_files(sections.get(("exit", s.key), ""))
         names = parse_node_map(sections.get(("map", s.key)))
         units = {i: r.status(names.get(i, f"unit{i}"), exits.get(str(i))) for i in s.indices}

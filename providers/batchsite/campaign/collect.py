@@ -1,7 +1,10 @@
-"""Read what one round left on the site, in one remote command (no Airflow).
+"""What the campaigns read back from a site: one remote command per call (no Airflow).
 
-Returns the measurements ``replan`` needs: DONE.json present, batches without READY,
-z mean/std and the L1 distance to the previous step's histogram (with its noise floor).
+The shell lives in ``collect.sh`` beside this module (package data); each call runs it
+through the site's transport with its arguments as argv, never pasted into the text.
+``collect_round`` returns the measurements the RG ``replan`` needs: DONE.json present,
+batches without READY, z mean/std and the L1 distance to the previous step's histogram
+(with its noise floor).
 """
 
 from __future__ import annotations
@@ -14,17 +17,15 @@ from typing import Any
 import numpy as np
 
 from batchsite.backends.common import split_sections
-from batchsite.campaign.rg import coarsen, hist_l1, noise_floor
-from batchsite.transport.base import Transport
+from batchsite.campaign.rg import RGOutputs, coarsen, hist_l1, noise_floor
+from batchsite.model import CommandResult
+from batchsite.shellscripts import load
+from batchsite.site import Site
 
-_SCRIPT = r"""
-done=$1; batches=$2; cur=$3; prev=$4
-echo "@@BATCHSITE done -"; [ -s "$done" ] && cat "$done"
-echo "@@BATCHSITE ready -"; for d in "$batches"/batch_*; do [ -f "$d/READY" ] && basename "$d"; done
-echo "@@BATCHSITE cur -"; [ -s "$cur" ] && base64 "$cur"
-echo "@@BATCHSITE prev -"; [ -n "$prev" ] && [ -s "$prev" ] && base64 "$prev"
-true
-"""
+
+def _run(site: Site, command: str, *args: str, timeout: float = 120) -> CommandResult:
+    return site.transport.sh(load("batchsite.campaign", "collect.sh"), command, *args, timeout=timeout, check=True,
+                             what=f"collect.sh {command} on site {site.name}")
 
 
 def _load(b64: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -34,9 +35,8 @@ def _load(b64: str) -> tuple[np.ndarray, np.ndarray] | None:
         return np.asarray(z["histval"], float), np.asarray(z["binedges"], float)
 
 
-def collect_round(transport: Transport, rd: dict[str, Any], prev_hist: str | None,
-                  batches: list[int]) -> dict[str, Any]:
-    r = transport.sh(_SCRIPT, rd["done_json"], rd["batch_root"], rd["hist"], prev_hist or "", timeout=300)
+def collect_round(site: Site, outputs: RGOutputs, prev_hist: str | None, batches: list[int]) -> dict[str, Any]:
+    r = _run(site, "round", outputs.done_json, outputs.batch_root, outputs.hist, prev_hist or "", timeout=300)
     sec = split_sections(r.out)
     done_text = sec.get(("done", "-"), "").strip()
     ready = {int(n.split("_")[1]) for n in sec.get(("ready", "-"), "").split() if n.startswith("batch_")}
@@ -60,10 +60,9 @@ def collect_round(transport: Transport, rd: dict[str, Any], prev_hist: str | Non
     return out
 
 
-def step_stats(transport: Transport, out: str) -> list[dict[str, Any]]:
-    """Every ``stats/DONE_RG*.json`` under an output dir, sorted by step (one command)."""
-    r = transport.sh('for f in "$1"/stats/DONE_RG*.json; do [ -f "$f" ] && { cat "$f"; echo; }; done; true', out)
-    rows = [json.loads(line) for line in r.out.splitlines() if line.strip()]
+def step_stats(site: Site, out: str) -> list[dict[str, Any]]:
+    """Every ``stats/DONE_RG*.json`` under an output dir, sorted by step."""
+    rows = [json.loads(line) for line in _run(site, "step-stats", out).out.splitlines() if line.strip()]
     return sorted(rows, key=lambda s: s.get("step", 0))
 
 
@@ -75,13 +74,27 @@ def format_stats(out: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def read_json(transport: Transport, path: str) -> dict[str, Any] | None:
-    """A JSON file on the site, or None when it does not exist (one command)."""
-    r = transport.sh('[ -s "$1" ] && cat "$1"; true', path)
-    text = r.out.strip()
+def read_json(site: Site, path: str) -> dict[str, Any] | None:
+    """A JSON file on the site, or None when it does not exist (or is not JSON yet)."""
+    text = _run(site, "read-json", path).out.strip()
     if not text:
         return None
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return None
+
+
+def latest_fp_step(site: Site, sym_z_dir: str) -> int | None:
+    """The last RG step whose symmetrised FP histogram is in ``sym_z_dir`` (``rg.fp_hist_dir``)."""
+    prefix, suffix = "sym_z_hist_RG", ".npz"
+    names = _run(site, "fp-steps", sym_z_dir).out.split()
+    steps = [int(n[len(prefix):-len(suffix)]) for n in names if n[len(prefix):-len(suffix)].isdigit()]
+    return max(steps) if steps else None
+
+
+def existing_paths(site: Site, paths: list[str]) -> set[str]:
+    """Those of ``paths`` that exist on the site."""
+    if not paths:
+        return set()
+    return set(_run(site, "existing", *paths).out.splitlines())

@@ -15,9 +15,19 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 _FMT = string.Formatter()
+
+
+class CampaignSetup(BaseModel):
+    """What a campaign DAG's first task hands every later task (XCom): the params, validated
+    once there (typed by each campaign's subclass), and the site facts the rounds need."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    remote_root: str
+    python: str
 
 
 class CampaignConfigError(ValueError):

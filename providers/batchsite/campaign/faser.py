@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 import re
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchsite.campaign.common import (
-    CampaignConfigError, check_site_path, check_token, explain_validation, render_argv, short,
+    CampaignConfigError, CampaignSetup, check_site_path, check_token, explain_validation, render_argv, short,
 )
+from batchsite.rounds import RescuePolicy, ResourceRequest, RoundRequest
 
 MAX_ITERATIONS = 10
 MAX_FILES = 2000
@@ -220,9 +222,15 @@ class FaserParams(BaseModel):
         """``F{range}`` of the seed's layout: ``400-450`` for 400-450 and 400:450, ``400`` alone."""
         return self.files.replace(":", "-")
 
-    @property
+    @cached_property
     def cfg(self) -> FaserConfig:
+        # config.json was validated with the params; parse it once per object, not per access
         return parse_config(self.config)
+
+
+class FaserSetup(CampaignSetup):
+    params: FaserParams
+    scheduler: str
 
 
 def parse_params(raw: dict[str, Any]) -> FaserParams:
@@ -234,21 +242,22 @@ def parse_params(raw: dict[str, Any]) -> FaserParams:
 
 # ---------------------------------------------------------------------------- layout
 
-def base_dir(p: FaserParams, remote_root: str) -> str:
-    work = p.cfg.paths.work_dir or f"{remote_root}/faser"
-    return f"{work}/Y{p.year}_R{p.run}_F{p.range_tag}"
+def base_dir(params: FaserParams, remote_root: str) -> str:
+    work = params.cfg.paths.work_dir or f"{remote_root}/faser"
+    return f"{work}/Y{params.year}_R{params.run}_F{params.range_tag}"
 
 
-def iter_dir(p: FaserParams, remote_root: str, iteration: int) -> str:
-    return f"{base_dir(p, remote_root)}/iter{iteration:02d}"
+def iter_dir(params: FaserParams, remote_root: str, iteration: int) -> str:
+    return f"{base_dir(params, remote_root)}/iter{iteration:02d}"
 
 
-def reco_output_dir(p: FaserParams, remote_root: str, iteration: int) -> str:
+def reco_output_dir(params: FaserParams, remote_root: str, iteration: int) -> str:
     """2kfalignment on AFS-like work dir, or the EOS-style output dir when configured."""
-    cfg = p.cfg
+    cfg = params.cfg
     if cfg.storage.use_eos_for_output:
-        return f"{cfg.paths.eos_output_dir}/Y{p.year}_R{p.run}_F{p.range_tag}/iter{iteration:02d}/2kfalignment"
-    return f"{iter_dir(p, remote_root, iteration)}/2kfalignment"
+        tag = f"Y{params.year}_R{params.run}_F{params.range_tag}"
+        return f"{cfg.paths.eos_output_dir}/{tag}/iter{iteration:02d}/2kfalignment"
+    return f"{iter_dir(params, remote_root, iteration)}/2kfalignment"
 
 
 REFERENCE_COMMANDS = {
@@ -265,48 +274,62 @@ CALYPSO_COMMANDS = {
 }
 
 
-def round_def(p: FaserParams, iteration: int, files: list[int], *, remote_root: str, python: str) -> dict[str, Any]:
-    cfg = p.cfg
-    it = iter_dir(p, remote_root, iteration)
-    kf = reco_output_dir(p, remote_root, iteration)
+class FaserOutputs(BaseModel):
+    """Where one iteration leaves its results; only the campaign's collect step reads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iteration: int
+    kf_dir: str
+    mp_dir: str
+    constants_in: str | None
+    constants_out: str
+    summary: str  # alignment.json, written by the Millepede fan-in
+
+
+class FaserRoundRequest(RoundRequest):
+    collect: FaserOutputs
+
+
+def round_request(params: FaserParams, iteration: int, files: list[int], *, remote_root: str,
+                  python: str) -> FaserRoundRequest:
+    cfg = params.cfg
+    it = iter_dir(params, remote_root, iteration)
+    kf = reco_output_dir(params, remote_root, iteration)
     mp = f"{it}/3millepede"
-    prev = f"{iter_dir(p, remote_root, iteration - 1)}/3millepede/inputforalign.txt" if iteration > 1 else None
+    prev = f"{iter_dir(params, remote_root, iteration - 1)}/3millepede/inputforalign.txt" if iteration > 1 else None
     values = {
-        "python": python, "year": p.year, "run": p.run, "kf_dir": kf, "mp_dir": mp, "constants": prev,
+        "python": python, "year": params.year, "run": params.run, "kf_dir": kf, "mp_dir": mp, "constants": prev,
         "constants_or_empty": prev or "", "tracks": cfg.alignment.tracks_per_file,
-        "fourst": "--fourst" if p.fourst else None, "stations": "4" if p.fourst else "3",
+        "fourst": "--fourst" if params.fourst else None, "stations": "4" if params.fourst else "3",
         "iteration": iteration, "scripts": f"{remote_root}/scripts", "env_script": cfg.paths.env_script,
         "pede_install": cfg.paths.pede_install, "remote_root": remote_root,
     }
     cmds = CALYPSO_COMMANDS if cfg.uses_calypso else REFERENCE_COMMANDS
     units = [{"index": f, "name": f"reco_{f:05d}", "argv": render_argv(cmds["reco"], {**values, "file": f})}
              for f in files]
-    mem = cfg.htcondor.request_memory_mb
-    return {
-        "units": units,
-        "fanin": render_argv(cmds["millepede"], {**values, "file": None}),
-        "label": f"iter{iteration:02d}",
-        "workdir": f"{it}/1reco",
-        "cwd": f"{remote_root}/code",
-        "retries_in_job": cfg.htcondor.max_retries,
-        "resources": {"cpus": cfg.htcondor.request_cpus, "mem_mb": mem, "job_flavour": cfg.htcondor.job_flavour,
-                      "requirements": cfg.htcondor.requirements},
-        "submit_options": {"maxidle": cfg.htcondor.maxidle},
-        "iteration": iteration,
-        "kf_dir": kf,
-        "mp_dir": mp,
-        "constants_in": prev,
-        "constants_out": f"{mp}/inputforalign.txt",
-        "summary": f"{mp}/alignment.json",
-    }
+    return FaserRoundRequest(
+        units=units,
+        fanin=render_argv(cmds["millepede"], {**values, "file": None}),
+        label=f"iter{iteration:02d}",
+        workdir=f"{it}/1reco",
+        cwd=f"{remote_root}/code",
+        retries_in_job=cfg.htcondor.max_retries,
+        resources=ResourceRequest(cpus=cfg.htcondor.request_cpus, mem_mb=cfg.htcondor.request_memory_mb,
+                                  job_flavour=cfg.htcondor.job_flavour, requirements=cfg.htcondor.requirements),
+        submit_options={"maxidle": cfg.htcondor.maxidle},
+        rescue=RescuePolicy(max_rescues=params.max_rescues),
+        collect=FaserOutputs(iteration=iteration, kf_dir=kf, mp_dir=mp, constants_in=prev,
+                             constants_out=f"{mp}/inputforalign.txt", summary=f"{mp}/alignment.json"),
+    )
 
 
-def first_round(p: FaserParams) -> list[dict[str, Any]]:
+def first_round(params: FaserParams) -> list[dict[str, Any]]:
     """Partitions of iteration 1: one (every file in one DAG / array)."""
-    return [{"iteration": 1, "files": p.file_numbers, "history": []}]
+    return [{"iteration": 1, "files": params.file_numbers, "history": []}]
 
 
-def replan(p: FaserParams, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+def replan(params: FaserParams, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
     """Next iteration's partitions (empty = stop) from this iteration's measured change."""
     (r,) = results  # one partition per iteration
     it = r["iteration"]
@@ -317,17 +340,17 @@ def replan(p: FaserParams, results: list[dict[str, Any]]) -> tuple[list[dict[str
     history = [*r.get("history", []), {k: r.get(k) for k in ("iteration", "max_rel_change", "residual_to_truth",
                                                              "chi2_ndf", "n_tracks")}]
     change = r.get("max_rel_change")
-    if change is not None and math.isfinite(change) and change < p.tolerance:
-        return [], f"iter{it:02d}: converged (largest relative change {change:.2e} < {p.tolerance:.2e})"
-    if it >= p.iterations:
-        return [], f"iter{it:02d}: {p.iterations} iterations done (largest relative change {change})"
-    nxt = {"iteration": it + 1, "files": p.file_numbers, "history": history}
-    return [nxt], f"iter{it:02d}: largest relative change {change:.2e} >= {p.tolerance:.2e}: next iteration"
+    if change is not None and math.isfinite(change) and change < params.tolerance:
+        return [], f"iter{it:02d}: converged (largest relative change {change:.2e} < {params.tolerance:.2e})"
+    if it >= params.iterations:
+        return [], f"iter{it:02d}: {params.iterations} iterations done (largest relative change {change})"
+    nxt = {"iteration": it + 1, "files": params.file_numbers, "history": history}
+    return [nxt], f"iter{it:02d}: largest relative change {change:.2e} >= {params.tolerance:.2e}: next iteration"
 
 
-def missing_site_paths(p: FaserParams, exists: set[str]) -> list[str]:
+def missing_site_paths(params: FaserParams, exists: set[str]) -> list[str]:
     """The config keys whose paths the site does not have (``exists``: paths found there)."""
-    paths = p.cfg.paths
+    paths = params.cfg.paths
     wanted = {"paths.env_script": paths.env_script, "paths.calypso_install": paths.calypso_install,
               "paths.pede_install": paths.pede_install}
     return [f"{k}={v!r} does not exist on the site" for k, v in wanted.items() if v and v not in exists]

@@ -21,8 +21,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchsite.campaign.common import (
-    SAFE_PATH, CampaignConfigError, check_argv_template, check_token, explain_validation, render_argv, short,
+    SAFE_PATH, CampaignConfigError, CampaignSetup, check_argv_template, check_token, explain_validation, render_argv,
+    short,
 )
+from batchsite.rounds import ResourceRequest, RoundRequest
 
 #: rounds unrolled in the Airflow DAG (steps + repairs); replan fails clearly beyond it
 MAX_ROUNDS = 12
@@ -43,7 +45,7 @@ DEFAULT_COMMANDS: dict[str, list[str]] = {
 }
 
 
-#: the placeholders a command template may use (the values round_def renders)
+#: the placeholders a command template may use (the values round_request renders)
 PLACEHOLDERS = frozenset({"python", "batch_root", "out_dir", "step", "seed", "samples", "input_hist", "shift", "type",
                           "batches", "version", "method", "remote_root", "initial", "batch"})
 
@@ -136,6 +138,10 @@ class RGParams(BaseModel):
         return self
 
 
+class RGSetup(CampaignSetup):
+    params: RGParams
+
+
 def parse_params(raw: dict[str, Any]) -> RGParams:
     try:
         return RGParams.model_validate(raw)
@@ -145,96 +151,106 @@ def parse_params(raw: dict[str, Any]) -> RGParams:
 
 # ---------------------------------------------------------------------------- layout
 
-def out_dir(root: str, p: RGParams, shift_index: int | None) -> str:
-    base = f"{root}/job_outputs/{p.version}/{p.type}"
+def out_dir(root: str, params: RGParams, shift_index: int | None) -> str:
+    base = f"{root}/job_outputs/{params.version}/{params.type}"
     return base if shift_index is None else f"{base}/shift{shift_index}"
 
 
-def output_dirs(root: str, p: RGParams) -> list[str]:
-    if p.type == "FP":
-        return [out_dir(root, p, None)]
-    return [out_dir(root, p, i) for i in range(len(p.shifts))]
+def output_dirs(root: str, params: RGParams) -> list[str]:
+    if params.type == "FP":
+        return [out_dir(root, params, None)]
+    return [out_dir(root, params, i) for i in range(len(params.shifts))]
 
 
-def log_dir(root: str, p: RGParams, shift_index: int | None, step: int) -> str:
-    base = f"{root}/job_logs/{p.version}/{p.type}"
+def log_dir(root: str, params: RGParams, shift_index: int | None, step: int) -> str:
+    base = f"{root}/job_logs/{params.version}/{params.type}"
     if shift_index is not None:
         base += f"/shift{shift_index}"
     return f"{base}/RG{step}"
 
 
-def hist_path(out: str, p: RGParams, step: int) -> str:
+def hist_path(out: str, params: RGParams, step: int) -> str:
     """The histogram the NEXT step samples from: symmetrised for FP, plain z for EXP."""
-    if p.type == "FP":
+    if params.type == "FP":
         return f"{out}/hist/sym_z/sym_z_hist_RG{step}.npz"
     return f"{out}/hist/z/z_hist_RG{step}.npz"
 
 
-def fp_seed_hist(root: str, p: RGParams, fp_step: int) -> str:
-    return f"{root}/job_outputs/{p.fp_version or p.version}/FP/hist/sym_z/sym_z_hist_RG{fp_step}.npz"
+def fp_seed_hist(root: str, params: RGParams, fp_step: int) -> str:
+    return f"{fp_hist_dir(root, params)}/sym_z_hist_RG{fp_step}.npz"
 
 
-def latest_fp_step(transport, root: str, p: RGParams) -> int | None:
-    """The last RG step whose symmetrised FP histogram exists on the site (one command)."""
-    d = f"{root}/job_outputs/{p.fp_version or p.version}/FP/hist/sym_z"
-    r = transport.sh('for f in "$1"/sym_z_hist_RG*.npz; do [ -f "$f" ] && basename "$f"; done; true', d)
-    steps = [int(n[len("sym_z_hist_RG"):-4]) for n in r.out.split() if n[len("sym_z_hist_RG"):-4].isdigit()]
-    return max(steps) if steps else None
+def fp_hist_dir(root: str, params: RGParams) -> str:
+    """Where the FP run that seeds an EXP run keeps its symmetrised histograms."""
+    return f"{root}/job_outputs/{params.fp_version or params.version}/FP/hist/sym_z"
 
 
 # ---------------------------------------------------------------------------- rounds
 
-def initial_partitions(p: RGParams, fp_step: int | None = None) -> list[dict[str, Any]]:
-    per_batch = math.ceil(p.samples / p.batches)
+def initial_partitions(params: RGParams, fp_step: int | None = None) -> list[dict[str, Any]]:
+    per_batch = math.ceil(params.samples / params.batches)
     shifts: list[tuple[int | None, float | None]] = (
-        [(None, None)] if p.type == "FP" else list(enumerate(p.shifts))
+        [(None, None)] if params.type == "FP" else list(enumerate(params.shifts))
     )
     parts = []
     for si, s in shifts:
         parts.append({
-            "step": 1, "shift_index": si, "shift": s, "batches": list(range(p.batches)),
-            "samples_per_batch": per_batch, "repair": 0, "input_step": fp_step if p.type == "EXP" else None,
+            "step": 1, "shift_index": si, "shift": s, "batches": list(range(params.batches)),
+            "samples_per_batch": per_batch, "repair": 0, "input_step": fp_step if params.type == "EXP" else None,
             "history": [],
         })
     return parts
 
 
-def round_def(p: RGParams, part: dict[str, Any], *, remote_root: str, python: str) -> dict[str, Any]:
+class RGOutputs(BaseModel):
+    """Where one partition's round leaves its results; only the campaign's collect step reads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out_dir: str
+    batch_root: str
+    done_json: str  # stats/DONE_RG{step}.json, written by the aggregation last
+    hist: str  # the histogram the next step samples from
+
+
+class RGRoundRequest(RoundRequest):
+    collect: RGOutputs
+
+
+def round_request(params: RGParams, part: dict[str, Any], *, remote_root: str, python: str) -> RGRoundRequest:
     """What the round operator submits for one partition (units + aggregation fan-in)."""
     si, step = part["shift_index"], part["step"]
-    out = out_dir(remote_root, p, si)
+    out = out_dir(remote_root, params, si)
     batch_root = f"{out}/batches/RG{step}"
     if step > 1:
-        input_hist = hist_path(out, p, step - 1)
-    elif p.type == "EXP":
-        input_hist = fp_seed_hist(remote_root, p, part["input_step"] or 1)
+        input_hist = hist_path(out, params, step - 1)
+    elif params.type == "EXP":
+        input_hist = fp_seed_hist(remote_root, params, part["input_step"] or 1)
     else:
         input_hist = None
-    cmds = {**DEFAULT_COMMANDS, **(p.commands or {})}
-    common = {"python": python, "batch_root": batch_root, "out_dir": out, "step": step, "seed": p.seed,
+    cmds = {**DEFAULT_COMMANDS, **(params.commands or {})}
+    common = {"python": python, "batch_root": batch_root, "out_dir": out, "step": step, "seed": params.seed,
               "samples": part["samples_per_batch"], "input_hist": input_hist,
               "shift": part["shift"] if step == 1 else None,  # shift the FP once, then let it flow
-              "type": p.type, "batches": p.batches, "version": p.version,
-              "method": p.method, "remote_root": remote_root,
+              "type": params.type, "batches": params.batches, "version": params.version,
+              "method": params.method, "remote_root": remote_root,
               "initial": 1 if input_hist is None else 0}  # the group's data_generation INITIAL flag
     units = [{"index": b, "argv": render_argv(cmds["generate"], {**common, "batch": b})}
              for b in part["batches"]]
     label = f"RG step {step}" + (f" shift {part['shift']}" if si is not None else "")
     if part["repair"]:
         label += f" (repair {part['repair']}: batches {part['batches']})"
-    return {
-        "units": units,
-        "fanin": render_argv(cmds["aggregate"], {**common, "batch": None}),
-        "label": label,
-        "workdir": log_dir(remote_root, p, si, step),
-        "cwd": f"{remote_root}/code",
-        "throttle": min(p.throttle, len(part["batches"])),
-        "resources": {"time_minutes": p.time_minutes, "mem_mb": p.mem_mb},
-        "out_dir": out,
-        "batch_root": batch_root,
-        "done_json": f"{out}/stats/DONE_RG{step}.json",
-        "hist": hist_path(out, p, step),
-    }
+    return RGRoundRequest(
+        units=units,
+        fanin=render_argv(cmds["aggregate"], {**common, "batch": None}),
+        label=label,
+        workdir=log_dir(remote_root, params, si, step),
+        cwd=f"{remote_root}/code",
+        throttle=min(params.throttle, len(part["batches"])),
+        resources=ResourceRequest(time_minutes=params.time_minutes, mem_mb=params.mem_mb),
+        collect=RGOutputs(out_dir=out, batch_root=batch_root, done_json=f"{out}/stats/DONE_RG{step}.json",
+                          hist=hist_path(out, params, step)),
+    )
 
 
 # ---------------------------------------------------------------------------- convergence
@@ -273,7 +289,7 @@ def noise_floor(vals: np.ndarray, edges: np.ndarray, n_samples: int) -> float:
     return float(2.0 / math.sqrt(math.pi * max(n_samples, 1)) * np.sum(np.sqrt(prob)))
 
 
-def replan(p: RGParams, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+def replan(params: RGParams, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
     """Next round's partitions (empty = stop) and the reason, from this round's results.
 
     Each result is a partition dict plus what ``collect`` measured: ``done`` (DONE.json
@@ -288,28 +304,29 @@ def replan(p: RGParams, results: list[dict[str, Any]]) -> tuple[list[dict[str, A
         history = list(r.get("history", []))
         if not r["done"]:
             missing = r["missing"] or r["batches"]
-            if r["repair"] >= p.max_repairs:
+            if r["repair"] >= params.max_repairs:
                 raise CampaignConfigError(
                     f"{tag} RG step {r['step']}: batches {missing} still missing after {r['repair']} "
-                    f"repair round(s) (max_repairs={p.max_repairs}); see the logs of those batches")
+                    f"repair round(s) (max_repairs={params.max_repairs}); see the logs of those batches")
             nxt.append({**base, "batches": missing, "repair": r["repair"] + 1, "history": history})
             reasons.append(f"{tag} RG step {r['step']}: {len(missing)} batch(es) missing -> repair {missing}")
             continue
         history.append({"step": r["step"], "z_mean": r["z_mean"], "z_std": r["z_std"],
                         "samples": r["samples"], "distance": r["distance"], "noise": r["noise"]})
-        if r["step"] >= p.steps:
-            reasons.append(f"{tag}: all {p.steps} steps done")
+        if r["step"] >= params.steps:
+            reasons.append(f"{tag}: all {params.steps} steps done")
             continue
         d, noise = r["distance"], r["noise"]
-        if p.type == "FP" and d is not None and d < p.tolerance:
-            reasons.append(f"{tag}: converged at RG step {r['step']} (L1 {d:.4f} < tolerance {p.tolerance})")
+        if params.type == "FP" and d is not None and d < params.tolerance:
+            reasons.append(f"{tag}: converged at RG step {r['step']} (L1 {d:.4f} < tolerance {params.tolerance})")
             continue
         per_batch = r["samples_per_batch"]
         why = "next step"
-        if d is not None and noise is not None and d < 1.5 * noise and per_batch * 2 * p.batches <= p.max_samples:
+        room = per_batch * 2 * params.batches <= params.max_samples
+        if d is not None and noise is not None and d < 1.5 * noise and room:
             per_batch *= 2
-            why = f"L1 {d:.4f} within noise {noise:.4f}: samples doubled to {per_batch * p.batches}"
-        nxt.append({**base, "step": r["step"] + 1, "batches": list(range(p.batches)), "repair": 0,
+            why = f"L1 {d:.4f} within noise {noise:.4f}: samples doubled to {per_batch * params.batches}"
+        nxt.append({**base, "step": r["step"] + 1, "batches": list(range(params.batches)), "repair": 0,
                     "samples_per_batch": per_batch, "history": history})
         reasons.append(f"{tag}: RG step {r['step']} done ({why})")
     return nxt, "; ".join(reasons)

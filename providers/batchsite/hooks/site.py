@@ -1,7 +1,9 @@
-"""Airflow connection -> SiteConfig -> transport + backend -> Site.
+"""``BatchSiteHook``, and the adapter API DAGs and operators build sites with.
 
-The only module (with transport/ssh.py) that reads Airflow connections. The built-in
-connection id ``local`` needs no Airflow connection at all (the embedded demo).
+The functions are defined in :mod:`batchsite.hooks.connection` (which imports Airflow only
+for a real connection, so the CLI runs ``local`` without Airflow) and re-exported here:
+an Airflow connection id -> SiteConfig -> the core builder (``batchsite.sitebuild``) with the
+SSH provider's hooks as the ``ssh`` connectors.
 """
 
 from __future__ import annotations
@@ -10,78 +12,24 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from batchsite.backends.base import get_backend
-from batchsite.config import LOCAL_CONN_ID, SiteConfig, SiteConfigError, local_site_config, site_config_from_connection
+from batchsite.config import SiteConfig
+from batchsite.hooks.connection import (
+    async_transport_for_conn,
+    load_site_config,
+    site_for_conn,
+    site_from_conn_id,
+    transport_for_conn,
+)
 from batchsite.site import Site
-from batchsite.transport.base import AsyncTransport, Transport
 
-
-def load_site_config(conn_id: str) -> SiteConfig:
-    if not conn_id or not isinstance(conn_id, str):
-        raise SiteConfigError("site_conn_id is empty: name an Airflow connection, or 'local' for this machine")
-    if conn_id == LOCAL_CONN_ID:
-        return local_site_config()
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception as e:  # AirflowNotFoundException and friends
-        raise SiteConfigError(
-            f"site connection {conn_id!r} does not exist: create it (Admin -> Connections, type "
-            f"'batchsite', or AIRFLOW_CONN_{conn_id.upper()}) or use site_conn_id='local'"
-        ) from e
-    return site_config_from_connection(conn_id, conn.host, conn.port, conn.login, conn.extra_dejson)
-
-
-def transport_for(cfg: SiteConfig) -> Transport:
-    if cfg.transport == "local":
-        from batchsite.transport.local import LocalTransport
-
-        return LocalTransport(env_script=cfg.env_script)
-    if cfg.transport == "ssh":
-        from batchsite.transport.ssh import SSHTransport
-
-        return SSHTransport(cfg.conn_id, env_script=cfg.env_script, known_hosts=cfg.known_hosts,
-                            connect_timeout=int(cfg.connect_timeout))
-    from batchsite.transport.openssh import OpenSSHTransport
-
-    return OpenSSHTransport(_openssh_opts(cfg), env_script=cfg.env_script)
-
-
-def async_transport_for(cfg: SiteConfig) -> AsyncTransport:
-    if cfg.transport == "local":
-        from batchsite.transport.local import AsyncLocalTransport
-
-        return AsyncLocalTransport(env_script=cfg.env_script)
-    if cfg.transport == "ssh":
-        from batchsite.transport.ssh import AsyncSSHTransport
-
-        return AsyncSSHTransport(cfg.conn_id, env_script=cfg.env_script, known_hosts=cfg.known_hosts,
-                                 connect_timeout=cfg.connect_timeout)
-    from batchsite.transport.openssh import AsyncOpenSSHTransport
-
-    return AsyncOpenSSHTransport(_openssh_opts(cfg), env_script=cfg.env_script)
-
-
-def _openssh_opts(cfg: SiteConfig):
-    from batchsite.transport.openssh import OpenSSHOptions, control_path_for
-
-    user = cfg.login or "unknown"
-    return OpenSSHOptions(
-        host=cfg.host or "", user=user, port=cfg.port,
-        control_path=cfg.control_path or control_path_for(cfg.host or "", user, cfg.port),
-        known_hosts=cfg.known_hosts, key_file=cfg.key_file,
-        control_persist=cfg.control_persist, no_host_key_check=cfg.no_host_key_check,
-        connect_timeout=cfg.connect_timeout,
-    )
-
-
-def site_from_config(cfg: SiteConfig) -> Site:
-    # the connection's X509 proxy is installed 0600 with every submission made through this site
-    return Site(cfg.conn_id, transport_for(cfg), get_backend(cfg.scheduler), cfg.remote_root,
-                x509_proxy=cfg.x509_proxy)
-
-
-def site_from_conn_id(conn_id: str) -> Site:
-    return site_from_config(load_site_config(conn_id))
+__all__ = [
+    "BatchSiteHook",
+    "async_transport_for_conn",
+    "load_site_config",
+    "site_for_conn",
+    "site_from_conn_id",
+    "transport_for_conn",
+]
 
 
 class BatchSiteHook(BaseHook):
@@ -109,7 +57,7 @@ class BatchSiteHook(BaseHook):
 
     def get_conn(self) -> Site:
         if self._site is None:
-            self._site = site_from_config(self.config)
+            self._site = site_for_conn(self.config)
         return self._site
 
     get_site = get_conn

@@ -26,6 +26,16 @@ class HostKeyError(TransportError):
     """The site's host key is unknown or changed. Never retried."""
 
 
+def host_key_help(host: str, port: int, known_hosts: str | None) -> str:
+    """What a HostKeyError says, for every ssh transport: the command that fixes it."""
+    where = f"the known_hosts file {known_hosts}" if known_hosts else "the connection's `host_key` extra"
+    return (
+        f"host key of {host}:{port} is unknown or has CHANGED. If the site really changed its key, "
+        f"update {where} with the output of `ssh-keyscan -p {port} -t ed25519 {host}` (check the "
+        f"fingerprint with the site admins first). Do not turn host-key checking off to get past this."
+    )
+
+
 class RemoteCommandError(Exception):
     """A remote command ran and exited non-zero where success was required."""
 

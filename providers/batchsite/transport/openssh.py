@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError
+from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError, host_key_help
 from batchsite.transport.local import run_argv, run_argv_async
 
 
@@ -62,8 +62,6 @@ def classify_ssh_failure(opts: OpenSSHOptions, rc: int, err: bytes) -> None:
         return
     text = err.decode("utf-8", "replace")
     if "Host key verification failed" in text or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
-        from batchsite.transport.ssh import host_key_help
-
         raise HostKeyError(host_key_help(opts.host, opts.port, opts.known_hosts))
     markers = ("ssh:", "Connection refused", "Connection closed", "Permission denied",
                "Control socket", "mux_client", "Connection timed out", "kex_exchange")

@@ -1,86 +1,74 @@
-"""``ssh`` transport over the Airflow SSH provider: ``SSHHook`` (paramiko) in tasks,
-``SSHHookAsync`` (asyncssh) in the triggerer.
+"""``ssh`` transport: paramiko in tasks, asyncssh in the triggerer, over a connection that a
+*connector* opens.
 
-One connection per transport object, opened lazily and reused for every command of a task
-(the SSH provider's ``with hook.get_conn()`` pattern closes it after each use; we do not).
-Host keys are always verified unless the connection says ``no_host_key_check: true``.
-We do not inherit two provider behaviours: ``SSHHookAsync.run_command`` reports a command
-killed by a signal as exit 0, and ``SSHHook`` retries a host-key rejection three times.
+The transport never reads credentials. It is handed a connector, a callable that opens and
+returns an authenticated connection (``SSHConnect``: a paramiko ``SSHClient``;
+``AsyncSSHConnect``: an asyncssh connection). The Airflow adapter builds them from the SSH
+provider's ``SSHHook`` / ``SSHHookAsync`` (``batchsite.hooks.connection``); the core never
+imports Airflow. The connector is called again only when the connection is dead, so there
+is one connection per transport object, reused for every command of a task.
+
+Host keys are the connector's to check (the adapter's always are, unless the connection
+says ``no_host_key_check: true``); a rejected key becomes a ``HostKeyError`` naming the
+``ssh-keyscan`` command that fixes it. A command killed by a signal is never exit 0.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError
+from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError, host_key_help
 
-
-def host_key_help(host: str, port: int, known_hosts: str | None) -> str:
-    where = f"the known_hosts file {known_hosts}" if known_hosts else "the connection's `host_key` extra"
-    return (
-        f"host key of {host}:{port} is unknown or has CHANGED. If the site really changed its key, "
-        f"update {where} with the output of `ssh-keyscan -p {port} -t ed25519 {host}` (check the "
-        f"fingerprint with the site admins first). Do not turn host-key checking off to get past this."
-    )
-
-
-def _key_from_known_hosts(path: str, host: str, port: int):
+if TYPE_CHECKING:
+    import asyncssh
     import paramiko
 
-    hk = paramiko.HostKeys()
-    hk.load(os.path.expanduser(path))
-    name = host if port == 22 else f"[{host}]:{port}"
-    entry = hk.lookup(name)
-    if not entry:
-        return None
-    # prefer ed25519, as ssh-keyscan -t ed25519 writes
-    for kind in ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "ssh-rsa"):
-        if kind in entry:
-            return entry[kind]
-    return next(iter(entry.values()))
+#: opens an authenticated paramiko client; must bound its own connect time
+SSHConnect = Callable[[], "paramiko.SSHClient"]
+#: opens an authenticated asyncssh connection (the transport bounds the connect time)
+AsyncSSHConnect = Callable[[], Awaitable["asyncssh.SSHClientConnection"]]
+
+#: paramiko's sendall slices the remaining bytes after every 32 kB packet: quadratic,
+#: 1.8 MB/s for a 48 MB push. Feeding it 1 MB views keeps each copy small.
+SENDALL_VIEW = 1 << 20
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where an ``ssh`` transport's connector connects: what its errors name."""
+
+    host: str
+    port: int = 22
+    login: str | None = None
+    known_hosts: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.login}@{self.host}:{self.port}" if self.login else f"{self.host}:{self.port}"
+
+    def host_key_error(self) -> HostKeyError:
+        return HostKeyError(host_key_help(self.host, self.port, self.known_hosts))
+
+
+def _exit_code(rc: int | None) -> int:
+    # None / negative: the remote process ended without an exit status (killed by a signal)
+    return 255 if rc is None or rc < 0 else rc
 
 
 class SSHTransport(Transport):
     kind = "ssh"
 
-    def __init__(
-        self,
-        ssh_conn_id: str,
-        *,
-        env_script: str | None = None,
-        known_hosts: str | None = None,
-        connect_timeout: int = 20,
-    ):
+    def __init__(self, connect: SSHConnect, target: SSHTarget, *, env_script: str | None = None):
         super().__init__(env_script)
-        from airflow.providers.ssh.hooks.ssh import SSHHook
+        self._open_client = connect
+        self.target = target
+        self._client: paramiko.SSHClient | None = None
 
-        # conn_retry_attempts=1: retries belong to the layer that knows what is transient
-        try:
-            self.hook = SSHHook(ssh_conn_id=ssh_conn_id, conn_retry_attempts=1, conn_timeout=connect_timeout)
-        except Exception as e:
-            if "cannot be read by paramiko" not in str(e):
-                raise
-            # the provider's text never mentions the usual cause
-            raise TransportError(
-                f"connection {ssh_conn_id!r}: extra private_key cannot be decrypted or parsed: check the "
-                "extra private_key_passphrase (or remove it for an unencrypted key) and that the key is "
-                "RSA, ECDSA or Ed25519 in OpenSSH/PEM format"
-            ) from None
-        if getattr(self.hook, "allow_host_key_change", False) and not self.hook.no_host_key_check:
-            raise ValueError(
-                f"connection {ssh_conn_id!r}: extra allow_host_key_change=true silently disables host-key "
-                "verification; remove it (or, knowingly, set no_host_key_check=true, which logs a warning)"
-            )
-        self.known_hosts = known_hosts
-        if known_hosts and self.hook.host_key is None and not self.hook.no_host_key_check:
-            self.hook.host_key = _key_from_known_hosts(known_hosts, self.hook.remote_host, self.hook.port)
-            if self.hook.host_key is None:
-                raise HostKeyError(host_key_help(self.hook.remote_host, self.hook.port, known_hosts))
-        self._client = None
-
-    def _connect(self):
+    def _connect(self) -> paramiko.SSHClient:
         import paramiko
 
         if self._client is not None:
@@ -88,18 +76,16 @@ class SSHTransport(Transport):
             if t is not None and t.is_active():
                 return self._client
             self._client = None
-        host, port = self.hook.remote_host, self.hook.port
         try:
-            self.hook.client = None  # never let the hook hand back a dead cached client
-            client = self.hook.get_conn()
+            client = self._open_client()
         except paramiko.BadHostKeyException as e:
-            raise HostKeyError(host_key_help(host, port, self.known_hosts)) from e
+            raise self.target.host_key_error() from e
         except paramiko.SSHException as e:
             if "known_hosts" in str(e) or "host key" in str(e).lower():
-                raise HostKeyError(host_key_help(host, port, self.known_hosts)) from e
-            raise TransportError(f"ssh {self.hook.username}@{host}:{port}: {e}") from e
+                raise self.target.host_key_error() from e
+            raise TransportError(f"ssh {self.target}: {e}") from e
         except (OSError, EOFError) as e:
-            raise TransportError(f"ssh {self.hook.username}@{host}:{port}: {e}") from e
+            raise TransportError(f"ssh {self.target}: {e}") from e
         self.counters.connections_opened += 1
         self._client = client
         return client
@@ -111,11 +97,9 @@ class SSHTransport(Transport):
             chan.settimeout(1.0)
             chan.exec_command(line)
             if stdin:
-                # paramiko's sendall slices the remaining bytes after every 32 kB packet: quadratic,
-                # 1.8 MB/s for a 48 MB push. Feeding it 1 MB views keeps each copy small.
                 view = memoryview(stdin)
-                for i in range(0, len(view), 1 << 20):
-                    chan.sendall(view[i:i + (1 << 20)])
+                for i in range(0, len(view), SENDALL_VIEW):
+                    chan.sendall(view[i:i + SENDALL_VIEW])
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -148,8 +132,7 @@ class SSHTransport(Transport):
                 self._client = None
                 raise TransportError(f"ssh connection lost: {e}") from e
             raise
-        # -1: the remote process ended without an exit status (killed by a signal)
-        return (255 if rc < 0 else rc), bytes(out), bytes(err)
+        return _exit_code(rc), bytes(out), bytes(err)
 
     def close(self) -> None:
         if self._client is not None:
@@ -160,23 +143,17 @@ class SSHTransport(Transport):
 class AsyncSSHTransport(AsyncTransport):
     kind = "ssh"
 
-    def __init__(self, ssh_conn_id: str, *, env_script: str | None = None, known_hosts: str | None = None,
+    def __init__(self, connect: AsyncSSHConnect, target: SSHTarget, *, env_script: str | None = None,
                  connect_timeout: float = 20.0):
         super().__init__(env_script)
-        import logging
-
         # asyncssh logs every command line at INFO: status scripts would flood the task logs
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
-        from airflow.providers.ssh.hooks.ssh import SSHHookAsync
-
-        kw = {"known_hosts": known_hosts} if known_hosts else {}
-        self.hook = SSHHookAsync(ssh_conn_id=ssh_conn_id, **kw)
-        self.ssh_conn_id = ssh_conn_id
-        self.known_hosts = known_hosts
+        self._open_conn = connect
+        self.target = target
         self.connect_timeout = connect_timeout
-        self._conn = None
+        self._conn: asyncssh.SSHClientConnection | None = None
 
-    async def _connect(self):
+    async def _connect(self) -> asyncssh.SSHClientConnection:
         import asyncio
 
         import asyncssh
@@ -186,13 +163,13 @@ class AsyncSSHTransport(AsyncTransport):
         self._conn = None
         try:
             # SSHHookAsync sets no connect timeout: with dropped traffic a SYN waits ~2 min
-            conn = await asyncio.wait_for(self.hook.get_conn(), self.connect_timeout)
+            conn = await asyncio.wait_for(self._open_conn(), self.connect_timeout)
         except asyncio.TimeoutError as e:
-            raise TransportError(f"ssh ({self.ssh_conn_id}): no answer within {self.connect_timeout:.0f}s") from e
+            raise TransportError(f"ssh {self.target}: no answer within {self.connect_timeout:.0f}s") from e
         except asyncssh.HostKeyNotVerifiable as e:
-            raise HostKeyError(host_key_help(str(self.hook.host or self.ssh_conn_id), 0, self.known_hosts)) from e
+            raise self.target.host_key_error() from e
         except (OSError, asyncssh.Error) as e:
-            raise TransportError(f"ssh ({self.ssh_conn_id}): {e}") from e
+            raise TransportError(f"ssh {self.target}: {e}") from e
         self.counters.connections_opened += 1
         self._conn = conn
         return conn
@@ -215,10 +192,7 @@ class AsyncSSHTransport(AsyncTransport):
         except (OSError, asyncssh.Error, asyncio.IncompleteReadError) as e:
             self._conn = None
             raise TransportError(f"ssh connection lost: {e}") from e
-        rc = r.exit_status
-        if rc is None or rc < 0:  # killed by a signal: never "success"
-            rc = 255
-        return rc, r.stdout or b"", r.stderr or b""
+        return _exit_code(r.exit_status), r.stdout or b"", r.stderr or b""
 
     async def close(self) -> None:
         if self._conn is not None:

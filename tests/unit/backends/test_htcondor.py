@@ -14,8 +14,7 @@ import htcondor2
 import pytest
 
 from batchsite.backends import common, get_backend
-from batchsite.backends import htcondor as h
-from batchsite.backends import htcondor_parse as hp
+from batchsite.backends import htcondor, htcondor_parse
 from batchsite.model import JobState, Resources, RoundSpec, Submission, WorkUnit
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "htcondor"
@@ -49,7 +48,7 @@ def fixture_submission(name: str) -> Submission:
 
 def parse_fixture(name: str):
     sub = fixture_submission(name)
-    return hp.parse_status(fixture(name), [sub])[sub.key]
+    return htcondor_parse.parse_status(fixture(name), [sub])[sub.key]
 
 
 def spec(tmp="/home/bsite/rounds/r1", **kw) -> RoundSpec:
@@ -72,11 +71,11 @@ def dag_lines(rendered) -> list[str]:
 
 def test_registered():
     b = get_backend("htcondor")
-    assert isinstance(b, h.HTCondorBackend) and b.name == "htcondor"
+    assert isinstance(b, htcondor.HTCondorBackend) and b.name == "htcondor"
 
 
 def test_dag_lines():
-    r = h.render_round(spec())
+    r = htcondor.render_round(spec())
     lines = dag_lines(r)
     for want in [
         "CONFIG dagman.config",
@@ -107,14 +106,14 @@ def test_htcondor2_dags_maxjobs_bug_is_patched():
     d.layer(name="u", submit_description=htcondor2.Submit({"executable": "x"}), category="units")
     raw = list(dags.writer.DAGWriter(d).yield_dag_file_lines())
     assert "CATEGORY units 2" in raw
-    fixed = h.fix_maxjobs(raw, {"units": 2})
+    fixed = htcondor.fix_maxjobs(raw, {"units": 2})
     assert "MAXJOBS units 2" in fixed and "CATEGORY units 2" not in fixed
     assert "CATEGORY u:0 units" in fixed  # the node's own CATEGORY line stays
-    assert h.fix_maxjobs(fixed, {"units": 2}) == fixed
+    assert htcondor.fix_maxjobs(fixed, {"units": 2}) == fixed
 
 
 def test_submit_descriptions_pass_htcondor2_and_queue_once():
-    r = h.render_round(spec())
+    r = htcondor.render_round(spec())
     for name in ("unit.sub", "fanin.sub"):
         text = r.files[name]
         sub = htcondor2.Submit(text)
@@ -144,7 +143,7 @@ def test_htcondor2_str_submit_already_has_queue():
 
 
 def test_rendered_dag_passes_condor_submit_dag_checks_offline(tmp_path, monkeypatch):
-    r = h.render_round(spec(tmp_path))
+    r = htcondor.render_round(spec(tmp_path))
     for name, text in r.files.items():
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
@@ -161,21 +160,21 @@ def test_rendered_dag_passes_condor_submit_dag_checks_offline(tmp_path, monkeypa
 ])
 def test_bad_submit_values_are_refused(resources, key):
     with pytest.raises(ValueError, match=key):
-        h.render_round(spec(resources=resources))
+        htcondor.render_round(spec(resources=resources))
 
 
 def test_validate_submit_names_the_offending_key():
     with pytest.raises(ValueError, match="offending key 'this'"):
-        h.validate_submit("executable = x\nthis is not a command\nqueue\n", {"executable": "x"})
+        htcondor.validate_submit("executable = x\nthis is not a command\nqueue\n", {"executable": "x"})
     with pytest.raises(ValueError, match="request_memory"):
-        h.validate_submit("executable = x\nqueue\n", {"executable": "x", "request_memory": "1MB"})
+        htcondor.validate_submit("executable = x\nqueue\n", {"executable": "x", "request_memory": "1MB"})
     with pytest.raises(ValueError, match="2 queue statements"):
-        h.validate_submit("executable = x\nqueue\nqueue\n", {"executable": "x"})
+        htcondor.validate_submit("executable = x\nqueue\nqueue\n", {"executable": "x"})
 
 
 def test_options_and_minimal_round():
     s = spec(throttle=None, retries=0, fanin=None, resources=Resources())
-    r = h.render_round(s, h.Options(status_update_seconds=5, max_idle=50, abort_dag_on_exit=3))
+    r = htcondor.render_round(s, htcondor.Options(status_update_seconds=5, max_idle=50, abort_dag_on_exit=3))
     lines = dag_lines(r)
     assert "NODE_STATUS_FILE bs-r1.status 5" in lines
     assert not [ln for ln in lines if ln.startswith(("RETRY", "CATEGORY", "MAXJOBS", "PARENT"))]
@@ -189,7 +188,7 @@ def test_options_and_minimal_round():
 
 def test_named_nodes_write_a_map():
     units = [WorkUnit(index=i, name=f"reco_{400 + i:05d}", argv=["true"]) for i in range(2)]
-    r = h.render_round(spec(units=units))
+    r = htcondor.render_round(spec(units=units))
     lines = dag_lines(r)
     assert "JOB reco_00400 unit.sub" in lines and 'VARS reco_00401 idx="1"' in lines
     assert "PARENT reco_00400 reco_00401 CHILD fanin" in lines
@@ -200,13 +199,13 @@ def test_named_nodes_write_a_map():
 def test_bad_node_names(names):
     units = [WorkUnit(index=i, name=n, argv=["true"]) for i, n in enumerate(names)]
     with pytest.raises(ValueError):
-        h.render_round(spec(units=units))
+        htcondor.render_round(spec(units=units))
 
 
 def test_unit_script_runs_under_bash(tmp_path):
     s = spec(tmp_path, units=[WorkUnit(index=0, argv=["sh", "-c", "echo zero > out0"]),
                               WorkUnit(index=5, argv=["sh", "-c", "exit 3"])])
-    r = h.render_round(s)
+    r = htcondor.render_round(s)
     (tmp_path / "unit.sh").write_text(r.files["unit.sh"])
     # DAGMan runs "unit.sh $(idx)" with arguments = $(idx) from VARS
     assert subprocess.run(["bash", "unit.sh", "0"], cwd=tmp_path).returncode == 0
@@ -231,7 +230,7 @@ def _fake_tools(tmp_path: Path, tools: dict[str, str]) -> dict[str, str]:
 
 def test_submit_script_with_fake_condor(tmp_path):
     s = spec(tmp_path)
-    r = h.render_round(s)
+    r = htcondor.render_round(s)
     assert "condor_submit_dag -batch-name bs-r1 bs-r1.dag" in r.submit_script
     csd = [ln for ln in r.submit_script.splitlines() if "condor_submit_dag" in ln and "$(" in ln]
     assert len(csd) == 1 and " -f " not in csd[0] and "-force" not in csd[0]
@@ -247,7 +246,7 @@ def test_submit_script_with_fake_condor(tmp_path):
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "csd.args").read_text() == "-batch-name bs-r1 bs-r1.dag\n"
     assert p.stdout.splitlines()[-1] == "dagman=38 schedd=bsite@vm fanin=fanin"
-    ids = h.parse_submit(p.stdout)
+    ids = htcondor.parse_submit(p.stdout)
     assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("38", "bsite@vm", "fanin")
     # the previous run's node status file is moved aside; logs/ and status/ exist
     assert (tmp_path / "bs-r1.status.prev").read_text() == "old run"
@@ -256,7 +255,7 @@ def test_submit_script_with_fake_condor(tmp_path):
 
 
 def test_submit_script_fails_loudly(tmp_path):
-    r = h.render_round(spec(tmp_path))
+    r = htcondor.render_round(spec(tmp_path))
     (tmp_path / "submit.sh").write_text(r.submit_script)
     env = _fake_tools(tmp_path, {"condor_submit_dag": 'echo "ERROR: condor_submit failed; aborting." >&2; exit 1\n'})
     p = subprocess.run(["sh", "./submit.sh"], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -264,16 +263,16 @@ def test_submit_script_fails_loudly(tmp_path):
 
 
 def test_parse_submit_on_captured_outputs():
-    ids = h.parse_submit(fixture("submit_fanin.txt"))
+    ids = htcondor.parse_submit(fixture("submit_fanin.txt"))
     assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("38", "bsite@vm", "fanin")
-    ids = h.parse_submit(fixture("submit_rescue.txt"))
+    ids = htcondor.parse_submit(fixture("submit_rescue.txt"))
     assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("24", "bsite@vm", None)
     assert "Running rescue DAG 1" in fixture("submit_rescue.txt")
     # without our summary line: condor_submit's own line
     raw = fixture("submit_fanin.txt").replace("dagman=38 schedd=bsite@vm fanin=fanin\n", "")
-    assert h.parse_submit(raw).fanout_id == "38"
+    assert htcondor.parse_submit(raw).fanout_id == "38"
     with pytest.raises(ValueError):
-        h.parse_submit("ERROR: no dag file specified; aborting.\n")
+        htcondor.parse_submit("ERROR: no dag file specified; aborting.\n")
 
 
 # ---------------------------------------------------------------------------- status script
@@ -284,7 +283,7 @@ def sub(key="bs-r1", cluster="11", workdir="/home/bsite/bsdag/r1", schedd="bsite
 
 
 def test_status_script_commands():
-    text = h.render_status_script([sub(), sub(key="bs-r2", cluster="17", workdir="/w/r2"),
+    text = htcondor.render_status_script([sub(), sub(key="bs-r2", cluster="17", workdir="/w/r2"),
                                    sub(key="bs-r3", cluster="40", schedd="bigbird17.cern.ch")])
     assert text.count("bs_run condor_q ") == 2  # one per schedd
     assert ("condor_q -name bsite@vm -json -constraint "
@@ -296,9 +295,9 @@ def test_status_script_commands():
     for attr in ("JobStatus", "HoldReason", "HoldReasonCode", "RemoveReason", "DAGNodeName", "DAG_Status"):
         assert attr in text
     with pytest.raises(ValueError):
-        h.render_status_script([sub(cluster="11; rm -rf ~")])
+        htcondor.render_status_script([sub(cluster="11; rm -rf ~")])
     with pytest.raises(ValueError):
-        h.render_status_script([sub(schedd="a b")])
+        htcondor.render_status_script([sub(schedd="a b")])
 
 
 def _history_json() -> str:
@@ -313,26 +312,26 @@ def test_status_script_runs_and_asks_history_only_when_needed(tmp_path):
     (wd / "bs-r1.status").write_text(fixture("nodes_throttled.txt"))
     q = fixture("condor_q_running.txt")  # DAGMan 11 is in the queue
     (tmp_path / "q.json").write_text(q)
-    (tmp_path / "h.json").write_text(_history_json())
+    (tmp_path / "htcondor.json").write_text(_history_json())
     env = _fake_tools(tmp_path, {
         "condor_q": f'echo "$@" >> {tmp_path}/q.args; cat {tmp_path}/q.json\n',
-        "condor_history": f'echo "$@" >> {tmp_path}/h.args; cat {tmp_path}/h.json\n',
+        "condor_history": f'echo "$@" >> {tmp_path}/htcondor.args; cat {tmp_path}/htcondor.json\n',
     })
     s = sub(workdir=str(wd))
-    script = h.render_status_script([s])
+    script = htcondor.render_status_script([s])
     out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     sec = common.split_sections(out.stdout)
     assert sec[("condor_history", "bsite@vm")].strip() == "!skipped"
-    assert not (tmp_path / "h.args").exists()
-    st = hp.parse_status(out.stdout, [s])["bs-r1"]
+    assert not (tmp_path / "htcondor.args").exists()
+    st = htcondor_parse.parse_status(out.stdout, [s])["bs-r1"]
     assert {i: u.state for i, u in st.units.items()} == {
         0: JobState.RUNNING, 1: JobState.RUNNING, 2: JobState.WAITING, 3: JobState.WAITING}
 
     # the DAGMan job left the queue: history is asked (bounded), and says how it ended
     (tmp_path / "q.json").write_text("")
     out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
-    assert "-completedsince 1795434020" in (tmp_path / "h.args").read_text()
+    assert "-completedsince 1795434020" in (tmp_path / "htcondor.args").read_text()
     assert "!skipped" not in common.split_sections(out.stdout)[("condor_history", "bsite@vm")]
 
     # condor_q fails: its stderr and exit code land in its section, the rest still runs
@@ -341,7 +340,7 @@ def test_status_script_runs_and_asks_history_only_when_needed(tmp_path):
     sec = common.split_sections(out.stdout)
     assert sec[("condor_q", "bsite@vm")].splitlines() == [
         "!err Error: Collector has no record of schedd/submitter", "!rc 1"]
-    st = hp.parse_status(out.stdout, [s])["bs-r1"]
+    st = htcondor_parse.parse_status(out.stdout, [s])["bs-r1"]
     assert not st.scheduler_ok
     assert st.units[0].state is JobState.DONE  # the exit file is a fact
     assert st.units[1].state is JobState.DONE  # DAGMan's own decision, in its node file
@@ -395,14 +394,14 @@ def test_rescue_dag_reruns_only_failed_nodes():
                           2: (JobState.DONE, 0, False), 3: (JobState.RUNNING, None, False)}
     text = fixture("status_rescue_running.txt")
     # only unit1 and unit3 have jobs in the queue of DAGMan 24
-    nodes = [a["DAGNodeName"] for a in hp.parse_json_ads(common.parse_run_section(common.split_sections(text)[("condor_q", "bsite@vm")]).stdout)
+    nodes = [a["DAGNodeName"] for a in htcondor_parse.parse_json_ads(common.parse_run_section(common.split_sections(text)[("condor_q", "bsite@vm")]).stdout)
              if "DAGNodeName" in a]
     assert sorted(nodes) == ["unit1", "unit3"]
     st = parse_fixture("status_rescue_done.txt")
     assert all(u.state is JobState.DONE for u in st.units.values())
     assert st.fanin.state is JobState.DONE and st.succeeded
     assert st.note == "DAGMan 24 exited 0 (DAG status 0: ok)"
-    dm = hp.parse_dagman_out(common.split_sections(fixture("status_rescue_done.txt"))[("dagman", "bs-fail-1")])
+    dm = htcondor_parse.parse_dagman_out(common.split_sections(fixture("status_rescue_done.txt"))[("dagman", "bs-fail-1")])
     assert (dm.exit_status, dm.rescue_used, dm.rescue_written) == (0, "bs-fail-1.dag.rescue001", None)
 
 
@@ -412,10 +411,10 @@ def test_held_node():
                           2: (JobState.RUNNING, None, False)}
     assert st.units[1].reason == "via condor_hold (by user bsite) (HoldReasonCode 1)"
     assert "HoldReason: via condor_hold" in st.progress_line("iter01")
-    nsf = hp.parse_node_status(common.parse_run_section(common.split_sections(fixture("status_node_held.txt"))[("nodes", "bs-hold-1")]).stdout)
+    nsf = htcondor_parse.parse_node_status(common.parse_run_section(common.split_sections(fixture("status_node_held.txt"))[("nodes", "bs-hold-1")]).stdout)
     assert nsf.nodes["unit1"]["JobProcsHeld"] == 1 and nsf.nodes["unit1"]["StatusDetails"] == "idle"
     # from the node file alone (condor_q not showing the job) it is HELD as well
-    assert hp.node_file_status(nsf.nodes["unit1"]).state is JobState.HELD
+    assert htcondor_parse.node_file_status(nsf.nodes["unit1"]).state is JobState.HELD
 
 
 def test_removed_dag():
@@ -472,74 +471,74 @@ def test_schedd_down_is_never_failed_or_vanished():
     # with no exit files at all: UNKNOWN, never VANISHED/FAILED
     text = fixture("status_schedd_down.txt").split("@@BATCHSITE exit")[0]
     s = fixture_submission("status_schedd_down.txt")
-    st = hp.parse_status(text, [s])[s.key]
+    st = htcondor_parse.parse_status(text, [s])[s.key]
     assert {u.state for u in st.units.values()} == {JobState.UNKNOWN}
 
 
 def test_empty_output_is_unknown():
     s = fixture_submission("status_failed.txt")
-    st = hp.parse_status("", [s])[s.key]
+    st = htcondor_parse.parse_status("", [s])[s.key]
     assert not st.scheduler_ok and {u.state for u in st.units.values()} == {JobState.UNKNOWN}
 
 
 def test_dag_gone_without_any_record_is_vanished():
     s = sub()
     text = "@@BATCHSITE condor_q bsite@vm\n!rc 0\n@@BATCHSITE condor_history bsite@vm\n[\n]\n!rc 0\n"
-    st = hp.parse_status(text, [s])["bs-r1"]
+    st = htcondor_parse.parse_status(text, [s])["bs-r1"]
     assert st.scheduler_ok and {u.state for u in st.units.values()} == {JobState.VANISHED}
     assert "not in the queue" in st.note
 
 
 def test_node_status_file_format():
-    nsf = hp.parse_node_status(fixture("nodes_throttled.txt"))
+    nsf = htcondor_parse.parse_node_status(fixture("nodes_throttled.txt"))
     assert not nsf.final and nsf.dag["DagStatus"] == 3 and nsf.dag["DagFiles"] == ["bs-ok-1.dag"]
     assert {n: a["NodeStatus"] for n, a in nsf.nodes.items()} == {
         "unit0": 5, "unit1": 5, "unit2": 1, "unit3": 1, "fanin": 0}
-    assert hp.node_file_status(nsf.nodes["unit2"]).reason == "ready (throttled or waiting to be submitted)"
-    done = hp.parse_node_status(fixture("nodes_done.txt"))
+    assert htcondor_parse.node_file_status(nsf.nodes["unit2"]).reason == "ready (throttled or waiting to be submitted)"
+    done = htcondor_parse.parse_node_status(fixture("nodes_done.txt"))
     assert done.final and done.end["NextUpdate"] == 0
     assert {a["NodeStatus"] for a in done.nodes.values()} == {5}
     # partial / truncated files are ignored, never half-read
     text = fixture("nodes_done.txt")
-    assert hp.parse_node_status(text[: len(text) // 2]) is None
-    assert hp.parse_node_status(text[: text.index('Type = "StatusEnd"')]) is None
-    assert hp.parse_node_status("") is None
+    assert htcondor_parse.parse_node_status(text[: len(text) // 2]) is None
+    assert htcondor_parse.parse_node_status(text[: text.index('Type = "StatusEnd"')]) is None
+    assert htcondor_parse.parse_node_status("") is None
 
 
 def test_condor_q_json():
-    ads = hp.parse_json_ads(fixture("condor_q_running.txt"))
+    ads = htcondor_parse.parse_json_ads(fixture("condor_q_running.txt"))
     dag = [a for a in ads if a.get("JobUniverse") == 7]
     assert len(dag) == 1 and dag[0]["ClusterId"] == 11 and dag[0]["JobBatchName"] == "bs-ok-1"
     nodes = {a["DAGNodeName"]: a for a in ads if a.get("DAGManJobId") == 11}
     assert set(nodes) == {"unit0", "unit1"} and nodes["unit0"]["BatchsiteIndex"] == 0
-    assert hp.queue_job_status(nodes["unit0"]).state is JobState.RUNNING
-    assert hp.parse_json_ads("") == [] and hp.parse_json_ads("[\n]\n") == []
-    assert hp.parse_json_ads('[\n{\n  "ClusterId": 1') is None
+    assert htcondor_parse.queue_job_status(nodes["unit0"]).state is JobState.RUNNING
+    assert htcondor_parse.parse_json_ads("") == [] and htcondor_parse.parse_json_ads("[\n]\n") == []
+    assert htcondor_parse.parse_json_ads('[\n{\n  "ClusterId": 1') is None
 
 
 def test_job_ads():
     held = {"JobStatus": 5, "HoldReason": "Job exceeded allowed job duration", "HoldReasonCode": 46,
             "HoldReasonSubCode": 0}
-    st = hp.queue_job_status(held)
+    st = htcondor_parse.queue_job_status(held)
     assert st.state is JobState.HELD and st.timed_out
     lxplus = {"JobStatus": 3, "LastJobStatus": 2,
               "RemoveReason": "Job removed by SYSTEM_PERIODIC_REMOVE due to wall time exceeded allowed max."}
-    st = hp.history_job_status(lxplus)
+    st = htcondor_parse.history_job_status(lxplus)
     assert st.state is JobState.FAILED and st.timed_out
     stale_hold = {"JobStatus": 3, "LastJobStatus": 5, "RemoveReason": "Job was held for more than 86400 seconds"}
-    assert not hp.history_job_status(stale_hold).timed_out
-    assert hp.history_job_status({"JobStatus": 4, "ExitCode": 0}).state is JobState.DONE
-    st = hp.history_job_status({"JobStatus": 4, "ExitBySignal": True, "ExitSignal": 9})
+    assert not htcondor_parse.history_job_status(stale_hold).timed_out
+    assert htcondor_parse.history_job_status({"JobStatus": 4, "ExitCode": 0}).state is JobState.DONE
+    st = htcondor_parse.history_job_status({"JobStatus": 4, "ExitBySignal": True, "ExitSignal": 9})
     assert (st.state, st.exit_code) == (JobState.FAILED, 137)
 
 
 def test_metrics_and_dagman_out():
     sec = common.split_sections(fixture("status_failed.txt"))
-    m = hp.parse_metrics(sec[("metrics", "bs-fail-1")], "17")
+    m = htcondor_parse.parse_metrics(sec[("metrics", "bs-fail-1")], "17")
     assert (m["exitcode"], m["DagStatus"], m["nodes_failed"], m["dagman_id"]) == (1, 2, 2, "17")
     assert m["jobs_failed"] == 0  # counts nothing useful: failures come from nodes
-    assert hp.parse_metrics(sec[("metrics", "bs-fail-1")], "99") is None  # another run's file
-    dm = hp.parse_dagman_out(sec[("dagman", "bs-fail-1")])
+    assert htcondor_parse.parse_metrics(sec[("metrics", "bs-fail-1")], "99") is None  # another run's file
+    dm = htcondor_parse.parse_dagman_out(sec[("dagman", "bs-fail-1")])
     assert (dm.exit_status, dm.rescue_written, dm.dag_status) == (1, "bs-fail-1.dag.rescue001", "2 (DAG_STATUS_NODE_FAILED)")
     assert fixture("rescue001.txt").splitlines()[-2:] == ["DONE unit0", "DONE unit2"]
     assert "#   unit1,unit3,<ENDLIST>" in fixture("rescue001.txt")
@@ -548,7 +547,7 @@ def test_metrics_and_dagman_out():
 def test_two_rounds_one_poll():
     """Two rounds on one schedd, one status script, one output (captured)."""
     subs = fixture_submissions("status_two_rounds.txt")
-    out = hp.parse_status(fixture("status_two_rounds.txt"), subs)
+    out = htcondor_parse.parse_status(fixture("status_two_rounds.txt"), subs)
     assert set(out) == {s.key for s in subs}
     a, b = (out[s.key] for s in subs)
     assert a.scheduler_ok and b.scheduler_ok
@@ -556,7 +555,7 @@ def test_two_rounds_one_poll():
     assert a.fanin.state is JobState.WAITING
     assert states(b) == {0: (JobState.DONE, 0, False), 1: (JobState.RUNNING, None, False)}
     assert b.fanin is None  # bs-two-2 has no fan-in
-    out = hp.parse_status(fixture("status_two_rounds_final.txt"), subs)
+    out = htcondor_parse.parse_status(fixture("status_two_rounds_final.txt"), subs)
     a, b = (out[s.key] for s in subs)
     assert a.succeeded and a.note == "DAGMan 47 exited 0 (DAG status 0: ok)"
     assert states(b) == {0: (JobState.DONE, 0, False), 1: (JobState.FAILED, 1, False)}
@@ -579,47 +578,47 @@ def test_named_nodes_map_back_to_indices():
         "@@BATCHSITE condor_q bsite@vm", "!rc 0", "@@BATCHSITE condor_history bsite@vm", "[", "]", "!rc 0",
         "@@BATCHSITE nodes bs-n", nodes, "!rc 0", "@@BATCHSITE map bs-n", "0 reco_00400", "1 reco_00401",
     ])
-    st = hp.parse_status(text, [s])["bs-n"]
+    st = htcondor_parse.parse_status(text, [s])["bs-n"]
     assert states(st) == {0: (JobState.DONE, 0, False), 1: (JobState.FAILED, 4, False)}
 
 
 # ---------------------------------------------------------------------------- cancel / find / probe
 
 def test_cancel_script(tmp_path):
-    text = h.render_cancel_script([sub(cluster="28"), sub(key="b", cluster="30"),
+    text = htcondor.render_cancel_script([sub(cluster="28"), sub(key="b", cluster="30"),
                                    sub(key="c", cluster="40", schedd=None)])
     assert "condor_rm -name bsite@vm -reason 'cancelled by batchsite' 28 30 2>&1" in text
     assert "condor_rm -reason 'cancelled by batchsite' 40 2>&1" in text
     gone = fixture("cancel_gone.txt")
     assert "Couldn't find/remove all jobs in cluster 28" in gone and "condor_rm exit 1" in gone
     env = _fake_tools(tmp_path, {"condor_rm": "echo; echo \"Couldn't find/remove all jobs in cluster 28\" >&2; exit 1\n"})
-    p = subprocess.run(["sh", "-c", h.render_cancel_script([sub(cluster="28")])], env=env,
+    p = subprocess.run(["sh", "-c", htcondor.render_cancel_script([sub(cluster="28")])], env=env,
                        capture_output=True, text=True)
     assert p.returncode == 0 and "condor_rm exit 1" in p.stdout
     assert "All jobs in cluster 28 have been marked for removal" in fixture("cancel.txt")
-    assert h.render_cancel_script([]) == "true\n"
+    assert htcondor.render_cancel_script([]) == "true\n"
 
 
 def test_find_by_batch_name():
-    text = h.render_find_by_batch_name_script("bs-r1", "bsite@vm")
+    text = htcondor.render_find_by_batch_name_script("bs-r1", "bsite@vm")
     assert "condor_q -name bsite@vm -constraint 'JobBatchName == \"bs-r1\" && JobUniverse == 7' -af ClusterId GlobalJobId" in text
     with pytest.raises(ValueError):
-        h.render_find_by_batch_name_script("x'; rm -rf ~")
-    assert hp.parse_find_by_batch_name(fixture("find_by_batch_name_none.txt"), "bs-nosuch-1") is None
+        htcondor.render_find_by_batch_name_script("x'; rm -rf ~")
+    assert htcondor_parse.parse_find_by_batch_name(fixture("find_by_batch_name_none.txt"), "bs-nosuch-1") is None
     found = fixture("find_by_batch_name.txt")
-    ids = hp.parse_find_by_batch_name(found, "bs-find-1", has_fanin=True)
+    ids = htcondor_parse.parse_find_by_batch_name(found, "bs-find-1", has_fanin=True)
     assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("47", "bsite@vm", "fanin")
-    assert hp.parse_find_by_batch_name("@@BATCHSITE find bs-r1\n!rc 0\n", "bs-r1") is None
+    assert htcondor_parse.parse_find_by_batch_name("@@BATCHSITE find bs-r1\n!rc 0\n", "bs-r1") is None
     two = "@@BATCHSITE find bs-r1\n5 bsite@vm#5.0#1\n9 bsite@vm#9.0#2\n!rc 0\n"
     with pytest.raises(ValueError, match="more than one"):
-        hp.parse_find_by_batch_name(two, "bs-r1")
+        htcondor_parse.parse_find_by_batch_name(two, "bs-r1")
     down = "@@BATCHSITE find bs-r1\n!err Error: Collector has no record of schedd/submitter\n!rc 1\n"
     with pytest.raises(ValueError, match="could not look up"):
-        hp.parse_find_by_batch_name(down, "bs-r1")
+        htcondor_parse.parse_find_by_batch_name(down, "bs-r1")
 
 
 def test_find_script_and_parse_find_on_captured_outputs():
-    b = h.HTCondorBackend()
+    b = htcondor.HTCondorBackend()
     s = spec("/home/bsite/bsdag/find1", key="bs-find-1")
     script = b.render_find_script(s)
     assert "condor_q -constraint 'JobBatchName == \"bs-find-1\" && JobUniverse == 7' -af ClusterId GlobalJobId" in script
@@ -631,21 +630,21 @@ def test_find_script_and_parse_find_on_captured_outputs():
     assert b.parse_find(fixture("find_by_batch_name.txt"), spec(key="bs-find-1", fanin=None)).fanin_id is None
     assert b.parse_find(fixture("find_by_batch_name_none.txt"), spec(key="bs-nosuch-1")) is None
     # the record written for found ids reads back the same
-    assert h.parse_submit(b.format_submit(ids)) == ids
-    assert h.parse_submit(b.format_submit(h.SubmitIds("5"))) == h.SubmitIds("5")
+    assert htcondor.parse_submit(b.format_submit(ids)) == ids
+    assert htcondor.parse_submit(b.format_submit(htcondor.SubmitIds("5"))) == htcondor.SubmitIds("5")
 
 
 def test_parse_find_earlier_records_and_dagman_ran_here():
     found = fixture("find_by_batch_name.txt")  # DAGMan 47 in the queue
     earlier = "@@BATCHSITE record 1\nabc\n1795438000\n" + fixture("submit_fanin.txt").replace("38", "47") + "\n"
     # 47 is the submission a resubmit kept aside: not the one looked for
-    assert hp.parse_find_by_batch_name(found + earlier, "bs-find-1", True) is None
+    assert htcondor_parse.parse_find_by_batch_name(found + earlier, "bs-find-1", True) is None
     # nothing in the queue, no earlier record, but DAGMan ran in the directory: ambiguous
     none = fixture("find_by_batch_name_none.txt") + "@@BATCHSITE files bs-nosuch-1\ndagman-out\n"
     with pytest.raises(ValueError, match="DAGMan ran in the round's directory"):
-        hp.parse_find_by_batch_name(none, "bs-nosuch-1")
+        htcondor_parse.parse_find_by_batch_name(none, "bs-nosuch-1")
     # with an earlier record, dagman.out is that run's: the queue decides
-    assert hp.parse_find_by_batch_name(none + earlier, "bs-nosuch-1") is None
+    assert htcondor_parse.parse_find_by_batch_name(none + earlier, "bs-nosuch-1") is None
 
 
 def test_find_script_runs(tmp_path):
@@ -654,7 +653,7 @@ def test_find_script_runs(tmp_path):
     body = fixture("find_by_batch_name.txt").split("\n", 1)[1].rsplit("!rc 0", 1)[0]
     (tmp_path / "q.txt").write_text(body)
     env = _fake_tools(tmp_path, {"condor_q": f'echo "$@" > {tmp_path}/q.args; cat {tmp_path}/q.txt\n'})
-    b = h.HTCondorBackend()
+    b = htcondor.HTCondorBackend()
     s = spec(wd, key="bs-find-1")
     r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == ""
@@ -674,9 +673,9 @@ def test_find_script_runs(tmp_path):
 def test_probe():
     text = "@@BATCHSITE version -\n$CondorVersion: 25.13.2 2026-11-23 $\n$CondorPlatform: X86_64-Debian_12 $\n!rc 0\n" \
            "@@BATCHSITE klist -\n!rc 1\n"
-    assert hp.parse_probe(text) == ("25.13.2", False)
-    assert hp.parse_probe("@@BATCHSITE klist -\n!skipped\n") == (None, None)
-    b = h.HTCondorBackend()
+    assert htcondor_parse.parse_probe(text) == ("25.13.2", False)
+    assert htcondor_parse.parse_probe("@@BATCHSITE klist -\n!skipped\n") == (None, None)
+    b = htcondor.HTCondorBackend()
     b.apply_probe(text)
     assert b.version == "25.13.2" and b.kerberos_ok is False
     assert "klist -s" in b.probe_script()
@@ -706,7 +705,7 @@ def test_probe():
      "SECMAN:2007:Failed to end classad message.", "transient"),
 ])
 def test_diagnose_credentials(text, words):
-    msg = hp.diagnose_credentials(text)
+    msg = htcondor_parse.diagnose_credentials(text)
     assert msg is not None and words in msg
     if "Kerberos" in words or "AFS" in words:
         assert "25 h" in msg and "kinit -kt" in msg
@@ -715,13 +714,13 @@ def test_diagnose_credentials(text, words):
 @pytest.mark.parametrize("name", ["condor_q_no_such_schedd.txt", "condor_q_unknown_schedd_host.txt",
                                   "condor_history_no_such_schedd.txt"])
 def test_diagnose_captured_schedd_errors(name):
-    assert "schedd could not be located" in hp.diagnose_credentials(fixture(name))
+    assert "schedd could not be located" in htcondor_parse.diagnose_credentials(fixture(name))
 
 
 def test_diagnose_nothing_known():
-    assert hp.diagnose_credentials("ERROR: no dag file specified; aborting.") is None
-    assert h.HTCondorBackend.diagnose("") is None
-    assert "Kerberos" in h.HTCondorBackend().diagnose("AUTHENTICATE:1003:Failed to authenticate with any method")
+    assert htcondor_parse.diagnose_credentials("ERROR: no dag file specified; aborting.") is None
+    assert htcondor.HTCondorBackend.diagnose("") is None
+    assert "Kerberos" in htcondor.HTCondorBackend().diagnose("AUTHENTICATE:1003:Failed to authenticate with any method")
 
 
 def test_fixture_headers():

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from batchsite.backends import local
-from batchsite.backends.local import LocalBackend, parse_status, parse_submit, split_job_id
+from batchsite.backends.local import LocalBackend
+from batchsite.backends.local_parse import parse_status, parse_submit, split_job_id
 from batchsite.model import JobState, RoundSpec, Submission, WorkUnit
 from batchsite.polling import apply_vanish_grace
 from batchsite.site import Site, tar_files

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from batchsite.backends import common, slurm
+from batchsite.backends import common, slurm, slurm_parse
 from batchsite.backends.base import get_backend
 from batchsite.model import JobState, Resources, RoundSpec, Submission, WorkUnit
 
@@ -89,22 +89,22 @@ def test_array_spec_throttle():
     ("[1-2,4-5,8,10-11,13,16-17,19", [1, 2, 4, 5, 8, 10, 11, 13, 16, 17, 19]),  # truncated
 ])
 def test_expand_indices(expr, expected):
-    assert slurm.expand_indices(expr) == expected
+    assert slurm_parse.expand_indices(expr) == expected
 
 
 def test_split_job_id():
-    assert slurm.split_job_id("123_4") == ("123", [4])
-    assert slurm.split_job_id("123_[5-7%2]") == ("123", [5, 6, 7])
-    assert slurm.split_job_id("123") == ("123", None)
-    assert slurm.split_job_id("123+1") == ("123", None)
-    assert slurm.split_job_id("19_2.batch") is None
-    assert slurm.split_job_id("JobID") is None
+    assert slurm_parse.split_job_id("123_4") == ("123", [4])
+    assert slurm_parse.split_job_id("123_[5-7%2]") == ("123", [5, 6, 7])
+    assert slurm_parse.split_job_id("123") == ("123", None)
+    assert slurm_parse.split_job_id("123+1") == ("123", None)
+    assert slurm_parse.split_job_id("19_2.batch") is None
+    assert slurm_parse.split_job_id("JobID") is None
 
 
 def test_compact_then_slurm_form_round_trip():
     """Whatever we send in --array comes back through Slurm's own forms."""
     idx = [i for i in range(200) if i % 3 and i % 7]
-    assert slurm.expand_indices(slurm.array_spec(idx, 4)) == idx
+    assert slurm_parse.expand_indices(slurm.array_spec(idx, 4)) == idx
 
 
 # ---------------------------------------------------------------------------- states
@@ -118,8 +118,8 @@ ALL_STATES = [
 
 
 def test_every_slurm_state_is_mapped():
-    assert set(ALL_STATES) == set(slurm.SLURM_STATES)
-    assert set(slurm.COMPACT_STATES.values()) == set(slurm.SLURM_STATES)
+    assert set(ALL_STATES) == set(slurm_parse.SLURM_STATES)
+    assert set(slurm_parse.COMPACT_STATES.values()) == set(slurm_parse.SLURM_STATES)
 
 
 @pytest.mark.parametrize("word, reason, code, expected", [
@@ -148,30 +148,30 @@ def test_every_slurm_state_is_mapped():
     ("CANCELLED+", "None", "", (JobState.FAILED, None, "")),  # fixed-width truncation mark
 ])
 def test_task_status(word, reason, code, expected):
-    st = slurm.task_status(word, reason, code)
+    st = slurm_parse.task_status(word, reason, code)
     assert (st.state, st.exit_code, st.reason) == expected
 
 
 def test_timeout_sets_timed_out():
-    st = slurm.task_status("TIMEOUT", "TimeLimit", "0:0")
+    st = slurm_parse.task_status("TIMEOUT", "TimeLimit", "0:0")
     assert st.state is JobState.FAILED and st.timed_out and st.reason == "TimeLimit"
-    assert not slurm.task_status("FAILED", "", "1:0").timed_out
+    assert not slurm_parse.task_status("FAILED", "", "1:0").timed_out
 
 
 def test_unknown_state_is_kept_never_raises():
-    st = slurm.task_status("WARP_DRIVE_ENGAGED extra words", "Whatever", "x:y")
+    st = slurm_parse.task_status("WARP_DRIVE_ENGAGED extra words", "Whatever", "x:y")
     assert st.state is JobState.UNKNOWN
     assert st.native == "WARP_DRIVE_ENGAGED extra words"
     assert st.exit_code is None
-    assert slurm.task_status("", "", "").state is JobState.UNKNOWN
-    assert slurm.task_status("REVOKED", "", "").state is JobState.UNKNOWN
+    assert slurm_parse.task_status("", "", "").state is JobState.UNKNOWN
+    assert slurm_parse.task_status("REVOKED", "", "").state is JobState.UNKNOWN
 
 
 def test_parse_exit_code():
-    assert slurm.parse_exit_code("3:0") == (3, 0)
-    assert slurm.parse_exit_code("0:9") == (0, 9)
-    assert slurm.parse_exit_code("") is None
-    assert slurm.parse_exit_code("garbage") is None
+    assert slurm_parse.parse_exit_code("3:0") == (3, 0)
+    assert slurm_parse.parse_exit_code("0:9") == (0, 9)
+    assert slurm_parse.parse_exit_code("") is None
+    assert slurm_parse.parse_exit_code("garbage") is None
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -234,11 +234,17 @@ def test_format_time(minutes, text):
     assert slurm.format_time(minutes) == text
 
 
-def test_no_fanin_no_fanin_script():
+def test_no_fanin_no_fanin_script(stubbed):
     r = slurm.render_round(spec())
     assert set(r.files) == {"unit.sh"}
-    assert "fanin" not in r.submit_script
-    assert 'echo "array=$a"' in r.submit_script
+    # submit.sh is slurm_submit.sh with the one value it reads set
+    assert "\nfanin=0\n" in r.submit_script
+    assert r.submit_script.replace("fanin=0\n", "", 1) == slurm.SUBMIT_SCRIPT
+    tmp_path, env, log = stubbed
+    run = _run_submit(tmp_path, env, spec())
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "array=123\n"
+    assert log.read_text().splitlines() == ["sbatch --parsable unit.sh"]
 
 
 def test_hostile_argv_is_single_quoted():
@@ -254,9 +260,10 @@ def test_submit_script_shape():
     assert s.startswith("#!/bin/sh\n")
     assert "mkdir -p logs" in s
     assert "sbatch --parsable unit.sh" in s
-    assert 'sbatch --parsable --dependency=afterok:"$a" fanin.sh' in s
-    assert 'scancel "$a"' in s
-    assert 'echo "array=$a fanin=$b"' in s
+    assert 'sbatch --parsable --dependency=afterok:"$array_id" fanin.sh' in s
+    assert 'scancel "$array_id"' in s
+    assert 'echo "array=$array_id fanin=$fanin_id"' in s
+    assert "\nfanin=1\n" in s
     # the script is valid POSIX sh
     subprocess.run(["sh", "-n"], input=s, text=True, check=True)
 
@@ -354,7 +361,7 @@ def test_submit_script_prints_ids_and_strips_cluster(stubbed):
         "sbatch --parsable --dependency=afterok:123 fanin.sh",
     ]
     assert (tmp_path / "wd" / "logs").is_dir()
-    assert slurm.parse_submit(r.stdout) == slurm.SubmitIds("123", "124")
+    assert slurm_parse.parse_submit(r.stdout) == slurm_parse.SubmitIds("123", "124")
 
 
 def test_submit_script_cancels_array_when_fanin_rejected(stubbed):
@@ -389,22 +396,22 @@ def test_submit_script_array_rejected(stubbed):
 
 
 def test_submit_output_real():
-    assert slurm.parse_submit(fixture("submit_ok8.txt")) == slurm.SubmitIds("8", "9")
+    assert slurm_parse.parse_submit(fixture("submit_ok8.txt")) == slurm_parse.SubmitIds("8", "9")
 
 
 def test_parse_submit():
-    assert slurm.parse_submit("array=77\n") == slurm.SubmitIds("77", None)
-    assert slurm.parse_submit("noise\narray=77 fanin=78\n") == slurm.SubmitIds("77", "78")
+    assert slurm_parse.parse_submit("array=77\n") == slurm_parse.SubmitIds("77", None)
+    assert slurm_parse.parse_submit("noise\narray=77 fanin=78\n") == slurm_parse.SubmitIds("77", "78")
     with pytest.raises(ValueError, match="sbatch: error"):
-        slurm.parse_submit("sbatch: error: Batch job submission failed")
+        slurm_parse.parse_submit("sbatch: error: Batch job submission failed")
     with pytest.raises(ValueError):
-        slurm.parse_submit("")
+        slurm_parse.parse_submit("")
 
 
 # ---------------------------------------------------------------------------- raw Slurm output
 
 def test_squeue_pending_and_running_throttled():
-    obs = slurm.parse_squeue_lines(fixture("squeue_ok8_pending.txt").splitlines())
+    obs = slurm_parse.parse_squeue_lines(fixture("squeue_ok8_pending.txt").splitlines())
     t = obs.tasks["8"]
     assert {i: t[i].state for i in t} == {0: JobState.RUNNING, 1: JobState.RUNNING,
                                           **{i: JobState.WAITING for i in range(2, 8)}}
@@ -413,7 +420,7 @@ def test_squeue_pending_and_running_throttled():
 
 
 def test_squeue_failed_indices_and_dependency_never_satisfied():
-    obs = slurm.parse_squeue_lines(fixture("squeue_fail8_done.txt").splitlines())
+    obs = slurm_parse.parse_squeue_lines(fixture("squeue_fail8_done.txt").splitlines())
     t = obs.tasks["19"]
     assert sorted(i for i in t if t[i].state is JobState.FAILED) == [2, 5]
     assert t[2].reason == "NonZeroExitCode"
@@ -424,15 +431,15 @@ def test_squeue_failed_indices_and_dependency_never_satisfied():
 
 def test_squeue_pending_range_expanded():
     # without -r a pending array is one record; Slurm writes sparse lists in step form
-    obs = slurm.parse_squeue_lines(fixture("squeue_held_sparse_no_r.txt").splitlines())
+    obs = slurm_parse.parse_squeue_lines(fixture("squeue_held_sparse_no_r.txt").splitlines())
     assert sorted(obs.tasks["31"]) == list(range(0, 118, 3))
     assert {s.state for s in obs.tasks["31"].values()} == {JobState.HELD}
 
 
 def test_squeue_r_loses_the_last_index_of_a_step_range():
     """Why the status script does not pass -r: squeue 22.05.8 drops index 18 of 0-18:3."""
-    with_r = slurm.parse_squeue_lines(fixture("squeue_step_r_drops_last.txt").splitlines())
-    without_r = slurm.parse_squeue_lines(fixture("squeue_step_no_r.txt").splitlines())
+    with_r = slurm_parse.parse_squeue_lines(fixture("squeue_step_r_drops_last.txt").splitlines())
+    without_r = slurm_parse.parse_squeue_lines(fixture("squeue_step_no_r.txt").splitlines())
     assert sorted(with_r.tasks["54"]) == [0, 3, 6, 9, 12, 15]
     assert sorted(without_r.tasks["54"]) == [0, 3, 6, 9, 12, 15, 18]
 
@@ -440,76 +447,76 @@ def test_squeue_r_loses_the_last_index_of_a_step_range():
 def test_squeue_bitstr_len():
     """SLURM_BITSTR_LEN=0 (set by the status script) gives the whole pending list."""
     idx = [i for i in range(200) if i % 3 and i % 7]
-    full = slurm.parse_squeue_lines(fixture("squeue_bitstr_full.txt").splitlines())
+    full = slurm_parse.parse_squeue_lines(fixture("squeue_bitstr_full.txt").splitlines())
     assert sorted(full.tasks["53"]) == idx
-    cut = slurm.parse_squeue_lines(fixture("squeue_bitstr_truncated.txt").splitlines())
+    cut = slurm_parse.parse_squeue_lines(fixture("squeue_bitstr_truncated.txt").splitlines())
     assert len(cut.tasks["53"]) < len(idx)  # the default 64 bytes truncate
     assert "]" not in fixture("squeue_bitstr_truncated.txt").split("|")[0]
 
 
 def test_squeue_cancelled_and_timeout():
-    obs = slurm.parse_squeue_lines(fixture("squeue_cancel_after.txt").splitlines())
+    obs = slurm_parse.parse_squeue_lines(fixture("squeue_cancel_after.txt").splitlines())
     assert {i: s.native for i, s in obs.tasks["28"].items()} == {i: "CANCELLED" for i in range(4)}
     assert obs.tasks["28"][1].reason == ""  # stale "Resources" dropped
     assert obs.jobs["29"].state is JobState.FAILED
-    t = slurm.parse_squeue_lines(fixture("squeue_timeout.txt").splitlines()).tasks["18"][0]
+    t = slurm_parse.parse_squeue_lines(fixture("squeue_timeout.txt").splitlines()).tasks["18"][0]
     assert (t.state, t.timed_out, t.reason) == (JobState.FAILED, True, "TimeLimit")
-    r = slurm.parse_squeue_lines(fixture("squeue_timeout_running.txt").splitlines()).tasks["18"][0]
+    r = slurm_parse.parse_squeue_lines(fixture("squeue_timeout_running.txt").splitlines()).tasks["18"][0]
     assert r.state is JobState.RUNNING
-    rej = slurm.parse_squeue_lines(fixture("squeue_fanin_rejected.txt").splitlines())
+    rej = slurm_parse.parse_squeue_lines(fixture("squeue_fanin_rejected.txt").splitlines())
     assert {i: s.state for i, s in rej.tasks["64"].items()} == {i: JobState.FAILED for i in range(3)}
 
 
 def test_sacct_lines():
-    obs = slurm.parse_sacct_lines(fixture("sacct_fail8_done.txt").splitlines())
+    obs = slurm_parse.parse_sacct_lines(fixture("sacct_fail8_done.txt").splitlines())
     assert {i: s.exit_code for i, s in obs.tasks["19"].items()} == {
         0: 0, 1: 0, 2: 3, 3: 0, 4: 0, 5: 1, 6: 0, 7: 0}
     # sacct's Reason lags: still "Dependency" where squeue says DependencyNeverSatisfied
     assert obs.jobs["20"].reason == "Dependency"
 
-    run = slurm.parse_sacct_lines(fixture("sacct_ok8_running.txt").splitlines()).tasks["8"]
+    run = slurm_parse.parse_sacct_lines(fixture("sacct_ok8_running.txt").splitlines()).tasks["8"]
     assert [run[i].state for i in range(8)] == [JobState.DONE] * 2 + [JobState.RUNNING] * 2 + [JobState.WAITING] * 4
 
-    can = slurm.parse_sacct_lines(fixture("sacct_cancel_after.txt").splitlines())
+    can = slurm_parse.parse_sacct_lines(fixture("sacct_cancel_after.txt").splitlines())
     assert {i: (s.state, s.native) for i, s in can.tasks["28"].items()} == {
         i: (JobState.FAILED, "CANCELLED") for i in range(4)}
     assert can.jobs["29"].native == "CANCELLED"
 
-    to = slurm.parse_sacct_lines(fixture("sacct_timeout.txt").splitlines()).tasks["18"][0]
+    to = slurm_parse.parse_sacct_lines(fixture("sacct_timeout.txt").splitlines()).tasks["18"][0]
     assert to.timed_out and to.exit_code is None
 
-    steps = slurm.parse_sacct_lines(fixture("sacct_timeout_steps.txt").splitlines())
+    steps = slurm_parse.parse_sacct_lines(fixture("sacct_timeout_steps.txt").splitlines())
     assert steps.tasks["18"][0].native == "TIMEOUT"  # the .batch step is not a unit
 
-    lf = slurm.parse_sacct_lines(fixture("sacct_launch_failure.txt").splitlines()).tasks["65"][0]
+    lf = slurm_parse.parse_sacct_lines(fixture("sacct_launch_failure.txt").splitlines()).tasks["65"][0]
     assert (lf.state, lf.exit_code, lf.reason) == (JobState.FAILED, 128 + 53, "signal 53")
 
-    held = slurm.parse_sacct_lines(fixture("sacct_held_sparse.txt").splitlines())
+    held = slurm_parse.parse_sacct_lines(fixture("sacct_held_sparse.txt").splitlines())
     assert held.tasks == {}  # a freshly held array had no accounting record yet
 
 
 def test_scontrol_lines():
-    obs = slurm.parse_scontrol_lines(fixture("scontrol_ok8_running.txt").splitlines())
+    obs = slurm_parse.parse_scontrol_lines(fixture("scontrol_ok8_running.txt").splitlines())
     t = obs.tasks["8"]
     assert {i: t[i].state for i in t} == {0: JobState.DONE, 1: JobState.DONE, 2: JobState.RUNNING,
                                           3: JobState.RUNNING, **{i: JobState.WAITING for i in range(4, 8)}}
-    fail = slurm.parse_scontrol_lines(fixture("scontrol_fail8_array.txt").splitlines()).tasks["19"]
+    fail = slurm_parse.parse_scontrol_lines(fixture("scontrol_fail8_array.txt").splitlines()).tasks["19"]
     assert {i: s.exit_code for i, s in fail.items()} == {0: 0, 1: 0, 2: 3, 3: 0, 4: 0, 5: 1, 6: 0, 7: 0}
-    fanin = slurm.parse_scontrol_lines(fixture("scontrol_fail8_fanin.txt").splitlines()).jobs["20"]
+    fanin = slurm_parse.parse_scontrol_lines(fixture("scontrol_fail8_fanin.txt").splitlines()).jobs["20"]
     assert (fanin.state, fanin.reason) == (JobState.WAITING, "DependencyNeverSatisfied")
-    held = slurm.parse_scontrol_lines(fixture("scontrol_held_noacct.txt").splitlines()).tasks["31"]
+    held = slurm_parse.parse_scontrol_lines(fixture("scontrol_held_noacct.txt").splitlines()).tasks["31"]
     assert sorted(held) == list(range(0, 118, 3))
     assert {s.state for s in held.values()} == {JobState.HELD}
-    to = slurm.parse_scontrol_lines(fixture("scontrol_timeout.txt").splitlines()).tasks["18"][0]
+    to = slurm_parse.parse_scontrol_lines(fixture("scontrol_timeout.txt").splitlines()).tasks["18"][0]
     assert (to.state, to.timed_out, to.exit_code) == (JobState.FAILED, True, 143)
-    can = slurm.parse_scontrol_lines(fixture("scontrol_cancel_array.txt").splitlines()).tasks["28"]
+    can = slurm_parse.parse_scontrol_lines(fixture("scontrol_cancel_array.txt").splitlines()).tasks["28"]
     assert sorted(can) == [0, 1, 2, 3] and {s.native for s in can.values()} == {"CANCELLED"}
 
 
 # ---------------------------------------------------------------------------- full status output
 
 def test_status_running_then_done():
-    rs = slurm.parse_status(fixture("status_ok8_running.txt"), [OK8])["fx-ok8"]
+    rs = slurm_parse.parse_status(fixture("status_ok8_running.txt"), [OK8])["fx-ok8"]
     assert rs.scheduler_ok and rs.note == ""
     assert [rs.units[i].state for i in range(8)] == (
         [JobState.DONE] * 2 + [JobState.RUNNING] * 2 + [JobState.WAITING] * 4)
@@ -517,14 +524,14 @@ def test_status_running_then_done():
     assert rs.fanin.state is JobState.WAITING
     assert not rs.finished
 
-    rs = slurm.parse_status(fixture("status_ok8_done.txt"), [OK8])["fx-ok8"]
+    rs = slurm_parse.parse_status(fixture("status_ok8_done.txt"), [OK8])["fx-ok8"]
     assert rs.succeeded and rs.finished
     assert {i: (s.state, s.exit_code) for i, s in rs.units.items()} == {i: (JobState.DONE, 0) for i in range(8)}
     assert (rs.fanin.state, rs.fanin.exit_code, rs.fanin.reason) == (JobState.DONE, 0, "")
 
 
 def test_status_three_rounds_in_one_output():
-    out = slurm.parse_status(fixture("status_three_rounds.txt"), [FAIL8, TIMEOUT, HELD])
+    out = slurm_parse.parse_status(fixture("status_three_rounds.txt"), [FAIL8, TIMEOUT, HELD])
     f = out["fx-fail8"]
     assert f.failed_indices == [2, 5]
     assert states(f)[2] == (JobState.FAILED, "FAILED", 3)
@@ -545,7 +552,7 @@ def test_status_three_rounds_in_one_output():
 
 
 def test_status_cancelled_round():
-    rs = slurm.parse_status(fixture("status_cancel_after.txt"), [CANCEL])["fx-cancel"]
+    rs = slurm_parse.parse_status(fixture("status_cancel_after.txt"), [CANCEL])["fx-cancel"]
     assert {i: (s.state, s.native) for i, s in rs.units.items()} == {
         i: (JobState.FAILED, "CANCELLED") for i in range(4)}
     assert (rs.fanin.state, rs.fanin.native) == (JobState.FAILED, "CANCELLED")
@@ -553,21 +560,21 @@ def test_status_cancelled_round():
 
 
 def test_status_cancelled_stuck_fanin_and_held_array():
-    out = slurm.parse_status(fixture("status_stuck_and_held_cancelled.txt"), [FAIL8, HELD])
+    out = slurm_parse.parse_status(fixture("status_stuck_and_held_cancelled.txt"), [FAIL8, HELD])
     assert (out["fx-fail8"].fanin.state, out["fx-fail8"].fanin.reason) == (
         JobState.FAILED, "DependencyNeverSatisfied")
     assert {s.native for s in out["fx-held"].units.values()} == {"CANCELLED"}
 
 
 def test_status_launch_failure():
-    u = slurm.parse_status(fixture("status_launch_failure.txt"), [LAUNCHFAIL])["fx-launchfail"].units[0]
+    u = slurm_parse.parse_status(fixture("status_launch_failure.txt"), [LAUNCHFAIL])["fx-launchfail"].units[0]
     assert (u.state, u.reason) == (JobState.FAILED, "JobLaunchFailure (signal 53)")
 
 
 @pytest.mark.parametrize("name", ["status_noacct_running.txt", "status_noacct_done.txt",
                                   "status_noacct_fallback.txt"])
 def test_status_without_accounting(name):
-    rs = slurm.parse_status(fixture(name), [NOACCT])["fx-noacct"]
+    rs = slurm_parse.parse_status(fixture(name), [NOACCT])["fx-noacct"]
     assert rs.scheduler_ok and rs.note == ""
     if name == "status_noacct_running.txt":
         assert [rs.units[i].state for i in range(6)] == [JobState.RUNNING] * 2 + [JobState.WAITING] * 4
@@ -581,7 +588,7 @@ def test_status_without_accounting(name):
 
 def test_controller_down_is_never_vanished():
     # scontrol-only script: nothing but the exit files answers
-    out = slurm.parse_status(fixture("status_ctld_down_noacct_script.txt"), [FAIL8, TIMEOUT])
+    out = slurm_parse.parse_status(fixture("status_ctld_down_noacct_script.txt"), [FAIL8, TIMEOUT])
     for rs in out.values():
         assert not rs.scheduler_ok
         assert "Unable to contact slurm controller" in rs.note
@@ -593,7 +600,7 @@ def test_controller_down_is_never_vanished():
     assert not any(s.state is JobState.VANISHED for rs in out.values() for s in rs.units.values())
 
     # with accounting: sacct (slurmdbd) still answers, but scheduler_ok stays False
-    out = slurm.parse_status(fixture("status_ctld_down.txt"), [FAIL8, TIMEOUT])
+    out = slurm_parse.parse_status(fixture("status_ctld_down.txt"), [FAIL8, TIMEOUT])
     assert not out["fx-fail8"].scheduler_ok
     assert out["fx-fail8"].failed_indices == [2, 5]
     assert out["fx-timeout"].units[0].timed_out
@@ -606,7 +613,7 @@ def test_controller_down_built_from_raw_squeue_error():
         "@@BATCHSITE scontrol -", "!err " + slurm.SKIPPED, "!rc 1",
         "@@BATCHSITE exit fx-ok8",
     ])
-    rs = slurm.parse_status(text, [OK8])["fx-ok8"]
+    rs = slurm_parse.parse_status(text, [OK8])["fx-ok8"]
     assert not rs.scheduler_ok
     assert {s.state for s in rs.units.values()} == {JobState.UNKNOWN}
     assert rs.fanin.state is JobState.UNKNOWN
@@ -616,13 +623,13 @@ def test_unknown_job_id_is_not_a_failed_query():
     """A single purged id makes squeue exit 1 with "Invalid job id specified": not an outage."""
     for name in ("status_unknown_id_exit_files.txt", "status_unknown_id_exit_files_noacct_script.txt"):
         s = sub("fx-ok8", range(8), "999999")
-        rs = slurm.parse_status(fixture(name), [s])["fx-ok8"]
+        rs = slurm_parse.parse_status(fixture(name), [s])["fx-ok8"]
         assert rs.scheduler_ok, rs.note
         assert states(rs) == {i: (JobState.DONE, "exit-file", 0) for i in range(8)}
     # and with no exit files either: VANISHED (the poller's grace decides), not UNKNOWN
     text = ("@@BATCHSITE squeue -\n!err slurm_load_jobs error: Invalid job id specified\n!rc 1\n"
             "@@BATCHSITE sacct -\n!rc 0\n@@BATCHSITE exit gone\n")
-    rs = slurm.parse_status(text, [sub("gone", [0, 1], "999999")])["gone"]
+    rs = slurm_parse.parse_status(text, [sub("gone", [0, 1], "999999")])["gone"]
     assert rs.scheduler_ok
     assert {s.state for s in rs.units.values()} == {JobState.VANISHED}
 
@@ -630,15 +637,15 @@ def test_unknown_job_id_is_not_a_failed_query():
 def test_exit_file_corrects_accounting():
     text = ("@@BATCHSITE squeue -\n!rc 0\n@@BATCHSITE sacct -\n5_0|COMPLETED|0:0|None|k\n!rc 0\n"
             "@@BATCHSITE exit k\n0 4\n")
-    u = slurm.parse_status(text, [sub("k", [0], "5")])["k"].units[0]
+    u = slurm_parse.parse_status(text, [sub("k", [0], "5")])["k"].units[0]
     assert (u.state, u.exit_code) == (JobState.FAILED, 4)
 
 
 def test_garbage_never_raises():
     for text in ("", "garbage\n\x00|||\n", "@@BATCHSITE squeue -\n1_x|WEIRD\n|\n!rc zz\n"):
-        out = slurm.parse_status(text, [OK8])
+        out = slurm_parse.parse_status(text, [OK8])
         assert set(out["fx-ok8"].units) == set(range(8))
-    out = slurm.parse_status("@@BATCHSITE squeue -\n8_3|LEVITATING|None|fx-ok8\n!rc 0\n@@BATCHSITE sacct -\n!rc 0\n", [OK8])
+    out = slurm_parse.parse_status("@@BATCHSITE squeue -\n8_3|LEVITATING|None|fx-ok8\n!rc 0\n@@BATCHSITE sacct -\n!rc 0\n", [OK8])
     u = out["fx-ok8"].units[3]
     assert (u.state, u.native) == (JobState.UNKNOWN, "LEVITATING")
 
@@ -697,7 +704,7 @@ def test_status_script_with_accounting(slurm_stubs):
         "squeue -h -a -t all --jobs=19,20 -o %i|%T|%r|%j", "SLURM_BITSTR_LEN=0",
         "sacct -n -P -X --jobs=19,20 -o JobID,State,ExitCode,Reason,JobName",
     ]
-    rs = slurm.parse_status(out, [s])["fx-fail8"]
+    rs = slurm_parse.parse_status(out, [s])["fx-fail8"]
     assert rs.scheduler_ok
     _check_fail8(rs)
 
@@ -707,7 +714,7 @@ def test_status_script_falls_back_to_scontrol_when_sacct_fails(slurm_stubs):
     out, calls = _run_status(d, env, [s], None, NO_ACCOUNTING="1")
     assert calls[-2:] == ["scontrol -o show job 19", "scontrol -o show job 20"]
     assert "!err Slurm accounting storage is disabled" in out
-    rs = slurm.parse_status(out, [s])["fx-fail8"]
+    rs = slurm_parse.parse_status(out, [s])["fx-fail8"]
     assert rs.scheduler_ok and rs.note == ""
     _check_fail8(rs)
 
@@ -718,7 +725,7 @@ def test_status_script_without_accounting_never_calls_sacct(slurm_stubs):
     out, calls = _run_status(d, env, [s, other], False)
     assert not any(c.startswith("sacct") for c in calls)
     assert calls[-3:] == ["scontrol -o show job 19", "scontrol -o show job 20", "scontrol -o show job 777"]
-    out_p = slurm.parse_status(out, [s, other])
+    out_p = slurm_parse.parse_status(out, [s, other])
     _check_fail8(out_p["fx-fail8"])
     assert out_p["purged"].scheduler_ok  # "Invalid job id specified" for 777 is no outage
     assert out_p["purged"].units[0].state is JobState.VANISHED
@@ -728,7 +735,7 @@ def test_status_script_skips_scontrol_when_controller_down(slurm_stubs):
     d, env, s = slurm_stubs
     out, calls = _run_status(d, env, [s], False, CTLD_DOWN="1")
     assert not any(c.startswith("scontrol") for c in calls)  # each would wait MessageTimeout
-    rs = slurm.parse_status(out, [s])["fx-fail8"]
+    rs = slurm_parse.parse_status(out, [s])["fx-fail8"]
     assert not rs.scheduler_ok
     assert rs.fanin.state is JobState.UNKNOWN
     assert rs.failed_indices == [2, 5]  # from the exit files
@@ -736,7 +743,7 @@ def test_status_script_skips_scontrol_when_controller_down(slurm_stubs):
 
 def test_status_script_empty():
     assert slurm.render_status_script([]) == "true\n"
-    assert slurm.parse_status("", []) == {}
+    assert slurm_parse.parse_status("", []) == {}
 
 
 # ---------------------------------------------------------------------------- cancel, probe, find
@@ -757,10 +764,10 @@ def test_cancel_script(tmp_path):
 
 
 def test_probe():
-    assert slurm.parse_probe(fixture("probe_accounting.txt")) is True
-    assert slurm.parse_probe(fixture("probe_no_accounting.txt")) is False
-    assert slurm.parse_probe("") is None
-    assert slurm.parse_probe("@@BATCHSITE sacct -\n!err slurm_persist_conn_open_without_init: failed\n!rc 1\n") is None
+    assert slurm_parse.parse_probe(fixture("probe_accounting.txt")) is True
+    assert slurm_parse.parse_probe(fixture("probe_no_accounting.txt")) is False
+    assert slurm_parse.parse_probe("") is None
+    assert slurm_parse.parse_probe("@@BATCHSITE sacct -\n!err slurm_persist_conn_open_without_init: failed\n!rc 1\n") is None
     assert "sacct" in slurm.probe_script()
 
 
@@ -773,18 +780,18 @@ def test_backend_binds_probe_to_status_script():
     b.apply_probe(fixture("probe_accounting.txt"))
     assert b.accounting is True and "sacct -n -P -X --jobs=8,9" in b.render_status_script([OK8])
     assert b.parse_status(fixture("status_ok8_done.txt"), [OK8])["fx-ok8"].succeeded
-    assert b.parse_submit("array=1 fanin=2") == slurm.SubmitIds("1", "2")
+    assert b.parse_submit("array=1 fanin=2") == slurm_parse.SubmitIds("1", "2")
 
 
 def test_find_by_name():
-    assert slurm.parse_find_by_name(fixture("find_by_name_accounting.txt")) == slurm.SubmitIds("8", "9")
-    assert slurm.parse_find_by_name(fixture("find_by_name_noacct.txt")) == slurm.SubmitIds("56", "57")
-    assert slurm.parse_find_by_name(fixture("find_by_name_none_accounting.txt")) is None
-    assert slurm.parse_find_by_name(fixture("find_by_name_none_noacct.txt")) is None
+    assert slurm_parse.parse_find_by_name(fixture("find_by_name_accounting.txt")) == slurm_parse.SubmitIds("8", "9")
+    assert slurm_parse.parse_find_by_name(fixture("find_by_name_noacct.txt")) == slurm_parse.SubmitIds("56", "57")
+    assert slurm_parse.parse_find_by_name(fixture("find_by_name_none_accounting.txt")) is None
+    assert slurm_parse.parse_find_by_name(fixture("find_by_name_none_noacct.txt")) is None
     with pytest.raises(ValueError, match="could not look up"):
-        slurm.parse_find_by_name("@@BATCHSITE squeue -\n!err slurm_load_jobs error: Unable to contact slurm controller\n!rc 1\n")
+        slurm_parse.parse_find_by_name("@@BATCHSITE squeue -\n!err slurm_load_jobs error: Unable to contact slurm controller\n!rc 1\n")
     with pytest.raises(ValueError, match="more than one"):
-        slurm.parse_find_by_name("@@BATCHSITE squeue -\n5_0|RUNNING|None|k\n6_0|PENDING|None|k\n!rc 0\n")
+        slurm_parse.parse_find_by_name("@@BATCHSITE squeue -\n5_0|RUNNING|None|k\n6_0|PENDING|None|k\n!rc 0\n")
     script = slurm.render_find_by_name_script("fx-ok8", True)
     assert "--name=fx-ok8" in script and "sacct" in script
     assert "sacct" not in slurm.render_find_by_name_script("fx-ok8", False)
@@ -801,8 +808,8 @@ def _find_backend(accounting):
 
 
 @pytest.mark.parametrize("name, key, accounting, fanin, expected", [
-    ("find_by_name_accounting.txt", "fx-ok8", True, True, slurm.SubmitIds("8", "9")),
-    ("find_by_name_noacct.txt", "fx-noacct", False, True, slurm.SubmitIds("56", "57")),
+    ("find_by_name_accounting.txt", "fx-ok8", True, True, slurm_parse.SubmitIds("8", "9")),
+    ("find_by_name_noacct.txt", "fx-noacct", False, True, slurm_parse.SubmitIds("56", "57")),
     ("find_by_name_none_accounting.txt", "fx-nosuchkey", True, True, None),
     ("find_by_name_none_noacct.txt", "fx-nosuchkey", False, False, None),
 ])
@@ -815,38 +822,38 @@ def test_find_script_and_parse_find_on_captured_outputs(name, key, accounting, f
     assert f"{R}/{key}/logs/{key}_*.out" in script and f"{R}/{key}/.batchsite/submitted." in script
     subprocess.run(["sh", "-n"], input=script, text=True, check=True)
     assert b.parse_find(fixture(name), s) == expected
-    assert b.parse_submit(b.format_submit(slurm.SubmitIds("8", "9"))) == slurm.SubmitIds("8", "9")
-    assert b.parse_submit(b.format_submit(slurm.SubmitIds("8"))) == slurm.SubmitIds("8")
+    assert b.parse_submit(b.format_submit(slurm_parse.SubmitIds("8", "9"))) == slurm_parse.SubmitIds("8", "9")
+    assert b.parse_submit(b.format_submit(slurm_parse.SubmitIds("8"))) == slurm_parse.SubmitIds("8")
 
 
 def test_parse_find_array_without_the_fanin_is_half_a_submission():
     text = "@@BATCHSITE squeue -\n5_0|RUNNING|None|k\n!rc 0\n"
-    assert slurm.parse_find(text, spec(key="k")) == slurm.SubmitIds("5")
+    assert slurm_parse.parse_find(text, spec(key="k")) == slurm_parse.SubmitIds("5")
     with pytest.raises(ValueError, match="no fan-in job"):
-        slurm.parse_find(text, spec(key="k", fanin=["true"]))
+        slurm_parse.parse_find(text, spec(key="k", fanin=["true"]))
 
 
 def test_parse_find_ignores_earlier_records_and_arrays_a_failed_submit_cancelled():
     # after Site.resubmit: the old array 8 (+ fan-in 9) is recorded in submitted.1
     text = fixture("find_by_name_accounting.txt").replace("!rc 0\n@@BATCHSITE sacct", "12_0|PENDING|None|fx-ok8\n13|PENDING|Dependency|fx-ok8\n!rc 0\n@@BATCHSITE sacct", 1)
     with pytest.raises(ValueError, match="more than one"):
-        slurm.parse_find_by_name(text)
+        slurm_parse.parse_find_by_name(text)
     text += "@@BATCHSITE record 1\nabc\n1795437000\narray=8 fanin=9\n\n@@BATCHSITE failed -\n"
-    assert slurm.parse_find_by_name(text) == slurm.SubmitIds("12", "13")
+    assert slurm_parse.parse_find_by_name(text) == slurm_parse.SubmitIds("12", "13")
     # submit.sh cancelled array 12 itself when its fan-in was rejected: not a submission
     failed = "submit.sh exited 2 at 1\n" + fixture("submit_fanin_rejected.txt").replace("64", "12")
-    assert slurm.parse_find_by_name(text + failed) is None
+    assert slurm_parse.parse_find_by_name(text + failed) is None
 
 
 def test_parse_find_log_files_witness_what_slurmctld_forgot():
     """No accounting, the jobs ended more than MinJobAge ago: squeue no longer knows them,
     the log files the array wrote still name it."""
     text = fixture("find_by_name_none_noacct.txt") + "@@BATCHSITE logs -\n56_0.out\nfanin_57.out\n@@BATCHSITE failed -\n"
-    assert slurm.parse_find_by_name(text) == slurm.SubmitIds("56", "57")
+    assert slurm_parse.parse_find_by_name(text) == slurm_parse.SubmitIds("56", "57")
     # but logs alone never answer for a scheduler that could not be asked
     down = "@@BATCHSITE squeue -\n!err slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n!rc 1\n"
     with pytest.raises(ValueError, match="could not look up"):
-        slurm.parse_find_by_name(down + "@@BATCHSITE logs -\n56_0.out\n")
+        slurm_parse.parse_find_by_name(down + "@@BATCHSITE logs -\n56_0.out\n")
 
 
 def test_find_script_runs(tmp_path):
@@ -869,7 +876,7 @@ def test_find_script_runs(tmp_path):
     r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stderr == ""
     assert common.split_sections(r.stdout)[("logs", "-")].splitlines() == ["8_0.out", "fanin_9.out"]
-    assert b.parse_find(r.stdout, s) == slurm.SubmitIds("8", "9")
+    assert b.parse_find(r.stdout, s) == slurm_parse.SubmitIds("8", "9")
     assert (tmp_path / "calls.log").read_text().splitlines() == [
         "squeue -h -a -t all --name=fx-ok8 -o %i|%T|%r|%j",
         "sacct -n -P -X --name=fx-ok8 --starttime=now-30days -o JobID,State,ExitCode,Reason,JobName",
@@ -897,9 +904,9 @@ def test_diagnose_account_and_nothing_known():
     # sbatch's text for an account not allowed on a partition, as public cluster docs quote it;
     # not producible on the single-account test site
     text = "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
-    assert "sacctmgr" in slurm.diagnose(text)
-    assert slurm.diagnose("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy") is None
-    assert slurm.diagnose("") is None
+    assert "sacctmgr" in slurm_parse.diagnose(text)
+    assert slurm_parse.diagnose("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy") is None
+    assert slurm_parse.diagnose("") is None
 
 
 def test_every_fixture_has_a_header():

@@ -38,17 +38,17 @@ def round_loop(
 
     @task_group
     def run_partition(partition: dict, setup: dict):
-        rd = prepare_t(partition, setup)
+        round_request = prepare_t(partition, setup)
         submit = BatchRoundOperator(
             task_id="submit",
             site_conn_id=site_conn_id,
-            round_def=rd,
+            round_request=round_request,
             fail_on_failure=False,  # the campaign's replan decides what a failed unit means
             retries=2,
             retry_delay=timedelta(seconds=5),  # a retry re-attaches; it never resubmits
             **(operator_kwargs or {}),
         )
-        return collect_t(partition, rd, submit.output, setup)
+        return collect_t(partition, round_request, submit.output, setup)
 
     @task
     def replan_t(results: Any, setup: dict, round_no: int) -> list[dict]:

@@ -1,0 +1,422 @@
+"""Slurm backend, the reading half: what ``squeue``, ``sacct`` and ``scontrol`` print (and
+submit.sh's and the find script's output) turned into ``RoundStatus`` / ``SubmitIds``.
+Pure functions; ``slurm.py`` renders the commands whose output this reads. The fixtures
+they are tested against are in ``tests/data/slurm/`` (the README there says how each file
+was captured on a real Slurm 22.05).
+
+Witnesses, freshest first, for one array task: ``squeue`` (the live queue, with its pending
+reason), then ``sacct`` (accounting) or, without accounting, ``scontrol -o show job``, then
+the exit file the unit script wrote (``common.merge_observation``). A query that failed
+never turns into FAILED or VANISHED: what only it could tell becomes UNKNOWN and
+``scheduler_ok`` is False.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from batchsite.backends import common
+from batchsite.backends.base import SubmitIds
+from batchsite.model import JobState, RoundSpec, RoundStatus, Submission, TaskStatus
+
+
+# ---------------------------------------------------------------------------- states
+
+#: every Slurm job state (``squeue %T``, ``sacct State``, ``scontrol JobState``) -> JobState.
+#: ``squeue -t all`` / sacct manual pages, "JOB STATE CODES", Slurm 22.05.
+SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.WAITING,
+    "CONFIGURING": JobState.WAITING,  # resources allocated, nodes booting: not started yet
+    "REQUEUED": JobState.WAITING,  # being requeued; will be PENDING again
+    "REQUEUE_FED": JobState.WAITING,  # requeued by the federation
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,  # script done, epilog still running: not final yet
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING,  # holds its allocation; resumed by gang scheduling/admin
+    "STOPPED": JobState.RUNNING,  # SIGSTOP'ed, keeps its allocation
+    "COMPLETED": JobState.DONE,
+    "FAILED": JobState.FAILED,
+    "TIMEOUT": JobState.FAILED,
+    "CANCELLED": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED,
+    "PREEMPTED": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.FAILED,
+    "REQUEUE_HOLD": JobState.HELD,  # requeued and held: needs `scontrol release`
+    "SPECIAL_EXIT": JobState.HELD,  # requeued in a held state by site policy
+    "RESV_DEL_HOLD": JobState.HELD,  # its reservation was deleted; held
+    # a federation sibling that was revoked because another cluster runs the job: we cannot
+    # tell success or failure from here, so neither DONE nor FAILED
+    "REVOKED": JobState.UNKNOWN,
+}
+
+#: ``squeue %t`` compact codes, in case a site's squeue alias prints those
+COMPACT_STATES: dict[str, str] = {
+    "PD": "PENDING", "CF": "CONFIGURING", "RQ": "REQUEUED", "RF": "REQUEUE_FED",
+    "R": "RUNNING", "CG": "COMPLETING", "RS": "RESIZING", "SI": "SIGNALING",
+    "SO": "STAGE_OUT", "S": "SUSPENDED", "ST": "STOPPED", "CD": "COMPLETED",
+    "F": "FAILED", "TO": "TIMEOUT", "CA": "CANCELLED", "OOM": "OUT_OF_MEMORY",
+    "NF": "NODE_FAIL", "PR": "PREEMPTED", "BF": "BOOT_FAIL", "DL": "DEADLINE",
+    "RH": "REQUEUE_HOLD", "SE": "SPECIAL_EXIT", "RD": "RESV_DEL_HOLD", "RV": "REVOKED",
+}
+
+#: pending reasons that mean "held": nothing happens until someone releases the job
+HELD_REASONS = ("JobHeldUser", "JobHeldAdmin")
+
+#: stderr that means "no such job (any more)", not "the query failed"
+_NO_SUCH_JOB = re.compile(r"Invalid job id specified", re.I)
+_ACCOUNTING_DISABLED = re.compile(r"accounting storage is disabled", re.I)
+
+
+def _empty_reason(r: str) -> str:
+    r = r.strip()
+    return "" if r in ("", "None", "(null)", "none") else r
+
+
+def parse_exit_code(text: str) -> tuple[int, int] | None:
+    """``3:0`` -> (3, 0); ``0:9`` -> (0, 9); anything else -> None."""
+    m = re.fullmatch(r"\s*(\d+):(\d+)\s*", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+#: reasons a job had while it waited; Slurm keeps showing them after the job ended
+#: (sacct: COMPLETED with Reason=JobArrayTaskLimit; squeue: CANCELLED with Reason=Resources),
+#: where they would only mislead
+STALE_REASONS = frozenset({
+    "Dependency", "JobArrayTaskLimit", "Resources", "Priority", "BeginTime", "None",
+})
+
+
+def task_status(state_text: str, reason: str = "", exit_code: str = "") -> TaskStatus:
+    """One Slurm observation -> TaskStatus. Never raises: an unknown word gives UNKNOWN."""
+    raw = (state_text or "").strip()
+    # sacct: "CANCELLED by 1001"; fixed-width output truncates with "+"
+    word = raw.split()[0].rstrip("+").upper() if raw else ""
+    word = COMPACT_STATES.get(word, word)
+    state = SLURM_STATES.get(word, JobState.UNKNOWN)
+    reason = _empty_reason(reason)
+    if state is JobState.WAITING and word == "PENDING" and any(h in reason for h in HELD_REASONS):
+        state = JobState.HELD
+    if state.terminal and reason in STALE_REASONS:
+        reason = ""
+    code: int | None = None
+    ec = parse_exit_code(exit_code)
+    if ec is not None:
+        rc, sig = ec
+        if sig:
+            code = 128 + sig
+            if state.terminal:
+                reason = f"{reason} (signal {sig})" if reason else f"signal {sig}"
+        elif rc or state is JobState.DONE:
+            code = rc
+        # 0:0 on a cancelled, timed-out or never-started job says nothing about the payload
+    if state is JobState.UNKNOWN:
+        reason = reason or (f"unknown Slurm state {raw!r}" if raw else "no Slurm state")
+        return TaskStatus(state=state, native=raw, exit_code=code, reason=reason)
+    return TaskStatus(
+        state=state, native=word, exit_code=code, reason=reason, timed_out=word == "TIMEOUT"
+    )
+
+
+def expand_indices(expr: str) -> list[int]:
+    """Slurm's array task expression -> indices: "5-31%4", "[1,3,5-7]", "0-15:4", "7".
+
+    A truncated expression (ending in "...", when SLURM_BITSTR_LEN was too small) yields
+    the indices that are complete.
+    """
+    expr = expr.strip().strip("[]")
+    expr = expr.split("%", 1)[0]
+    out: list[int] = []
+    for part in expr.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
+        if not m:
+            continue
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        step = int(m.group(3)) if m.group(3) else 1
+        out.extend(range(a, b + 1, max(step, 1)))
+    return out
+
+
+_JOBID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]?.*))?(?:\+\d+)?$")
+
+
+def split_job_id(text: str) -> tuple[str, list[int] | None] | None:
+    """``123_4`` -> ("123", [4]); ``123_[5-7%2]`` -> ("123", [5, 6, 7]); ``123`` -> ("123", None)."""
+    m = _JOBID.match(text.strip())
+    if not m:
+        return None
+    if m.group(2) is None:
+        return m.group(1), None
+    return m.group(1), expand_indices(m.group(2))
+
+
+
+_SUBMIT_LINE = re.compile(r"array=(\d+)(?:;\S*)?(?:\s+fanin=(\d+))?")
+
+
+def parse_submit(stdout: str) -> SubmitIds:
+    found = _SUBMIT_LINE.findall(stdout or "")
+    if not found:
+        raise ValueError(f"no Slurm job id in the output of submit.sh: {stdout!r}")
+    array_id, fanin_id = found[-1]
+    return SubmitIds(fanout_id=array_id, fanin_id=fanin_id or None)
+
+
+def job_ids(subs: Sequence[Submission], *, strict: bool = True) -> list[str]:
+    out: list[str] = []
+    for s in subs:
+        for i in s.job_ids:
+            if not re.fullmatch(r"\d+", i):
+                if strict:
+                    raise ValueError(f"{s.key}: {i!r} is not a Slurm job id")
+                continue
+            if i not in out:
+                out.append(i)
+    return out
+
+
+# ---------------------------------------------------------------------------- status parsing
+
+def _query_ok(cmd: common.RunSection) -> bool:
+    """The query ran: exit 0, or its only complaint is about ids Slurm no longer knows."""
+    if not cmd.present or cmd.rc is None:
+        return False
+    if cmd.rc == 0:
+        return True
+    return bool(cmd.err_lines) and all(_NO_SUCH_JOB.search(e) for e in cmd.err_lines if e.strip())
+
+
+def _accounting_disabled(cmd: common.RunSection) -> bool:
+    return any(_ACCOUNTING_DISABLED.search(e) for e in cmd.err_lines)
+
+
+class _Observed:
+    """Per job id: array tasks index -> TaskStatus, plain job -> TaskStatus."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict[int, TaskStatus]] = {}
+        self.jobs: dict[str, TaskStatus] = {}
+
+    def add(self, job_text: str, st: TaskStatus) -> None:
+        parsed = split_job_id(job_text)
+        if parsed is None:
+            return
+        base, idx = parsed
+        if idx is None:
+            self.jobs[base] = st
+        else:
+            t = self.tasks.setdefault(base, {})
+            for i in idx:
+                t[i] = st
+
+
+def parse_squeue_lines(lines: Iterable[str]) -> _Observed:
+    obs = _Observed()
+    for line in lines:
+        parts = line.split("|")
+        if len(parts) < 2:
+            continue
+        reason = parts[2] if len(parts) > 2 else ""
+        obs.add(parts[0], task_status(parts[1], reason))
+    return obs
+
+
+def parse_sacct_lines(lines: Iterable[str], obs: _Observed | None = None) -> _Observed:
+    obs = obs or _Observed()
+    for line in lines:
+        parts = line.split("|")
+        if len(parts) < 3 or "." in parts[0]:  # job steps (without -X) are not units
+            continue
+        reason = parts[3] if len(parts) > 3 else ""
+        obs.add(parts[0], task_status(parts[1], reason, parts[2]))
+    return obs
+
+
+_KV = re.compile(r"(?:^|\s)(\w+)=(\S*)")
+
+
+def parse_scontrol_lines(lines: Iterable[str], obs: _Observed | None = None) -> _Observed:
+    """``scontrol -o show job``: one line per job record; array records carry
+    ArrayJobId/ArrayTaskId (a pending remainder has ArrayTaskId=5-7%2)."""
+    obs = obs or _Observed()
+    for line in lines:
+        kv = dict(_KV.findall(line))
+        if "JobId" not in kv or "JobState" not in kv:
+            continue
+        st = task_status(kv["JobState"], kv.get("Reason", ""), kv.get("ExitCode", ""))
+        if kv.get("ArrayJobId") and kv.get("ArrayTaskId") not in (None, "", "(null)", "N/A"):
+            obs.add(f"{kv['ArrayJobId']}_[{kv['ArrayTaskId']}]", st)
+        else:
+            obs.add(kv["JobId"], st)
+    return obs
+
+
+def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus]:
+    """The output of ``render_status_script(subs)`` -> one RoundStatus per submission.
+
+    Never raises on odd text. A query that failed (slurmctld down, sacct broken and no
+    scontrol answer) gives ``scheduler_ok=False``, and units nobody saw are UNKNOWN, not
+    VANISHED.
+    """
+    sections = common.split_sections(text or "")
+    squeue = common.parse_run_section(sections.get(("squeue", "-")))
+    squeue_ok = _query_ok(squeue)
+    queue = parse_squeue_lines(squeue.lines) if squeue_ok else _Observed()
+
+    notes: list[str] = []
+    if not squeue_ok:
+        notes.append(f"squeue failed: {squeue.error_text()}")
+
+    sacct = common.parse_run_section(sections.get(("sacct", "-")))
+    acct = _Observed()
+    acct_ok = False
+    if sacct.present and _query_ok(sacct):
+        acct_ok = True
+        parse_sacct_lines(sacct.lines, acct)
+    else:
+        if sacct.present and not _accounting_disabled(sacct):
+            notes.append(f"sacct failed: {sacct.error_text()}")
+        keys = [("scontrol", i) for i in job_ids(subs, strict=False)] + [("scontrol", "-")]
+        scontrols = [common.parse_run_section(sections[k]) for k in keys if k in sections]
+        if scontrols:
+            acct_ok = all(_query_ok(c) for c in scontrols)
+            for c in scontrols:
+                parse_scontrol_lines(c.lines, acct)
+            bad = [c for c in scontrols if not _query_ok(c)]
+            if bad:
+                notes.append(f"scontrol failed: {bad[0].error_text()}")
+        elif not sacct.present:
+            notes.append("no accounting section in the status output")
+
+    scheduler_ok = squeue_ok and acct_ok
+    note = "; ".join(notes)
+    out: dict[str, RoundStatus] = {}
+    for s in subs:
+        exits = common.parse_exit_files(sections.get(("exit", s.key), ""))
+        q_tasks = queue.tasks.get(s.fanout_id, {})
+        a_tasks = acct.tasks.get(s.fanout_id, {})
+        units = {
+            i: _merge(q_tasks.get(i), a_tasks.get(i), exits.get(str(i)), scheduler_ok)
+            for i in s.indices
+        }
+        fanin = None
+        if s.fanin_id:
+            fanin = _merge(
+                queue.jobs.get(s.fanin_id), acct.jobs.get(s.fanin_id), exits.get(common.FANIN),
+                scheduler_ok,
+            )
+        out[s.key] = RoundStatus(
+            key=s.key, units=units, fanin=fanin, scheduler_ok=scheduler_ok, note=note
+        )
+    return out
+
+
+def _merge(queue: TaskStatus | None, acct: TaskStatus | None, rc: int | None, ok: bool) -> TaskStatus:
+    st = common.merge_observation(queue, acct, rc)
+    if st.state is JobState.VANISHED and not ok:
+        # a query failed: "not seen" is no evidence that the job left the queue
+        return TaskStatus(state=JobState.UNKNOWN, native="unobserved", reason="scheduler query failed")
+    # sacct has no live reason (Reason=None for FAILED, "Dependency" for a fan-in that squeue
+    # already reports as DependencyNeverSatisfied): take squeue's when it saw the same state
+    if queue is not None and queue.reason and st.state is queue.state and queue.reason not in st.reason:
+        reason = f"{queue.reason} ({st.reason})" if st.reason.startswith("signal ") else (st.reason or queue.reason)
+        st = st.model_copy(update={"reason": reason})
+    return st
+
+
+def parse_probe(text: str) -> bool | None:
+    """True: sacct works; False: accounting storage is disabled; None: could not tell
+    (slurmdbd down, sacct missing): the status script then tries sacct and falls back."""
+    sacct = common.parse_run_section(common.split_sections(text or "").get(("sacct", "-")))
+    if not sacct.present:
+        return None
+    if _accounting_disabled(sacct):
+        return False
+    return True if sacct.rc == 0 else None
+
+
+
+_LOG_NAME = re.compile(r"^(?:(\d+)_\d+|fanin_(\d+))\.out$")
+_CANCELLED_BY_SUBMIT = re.compile(r"cancelling array (\d+)")
+
+
+def parse_find_by_name(text: str) -> SubmitIds | None:
+    """The array job and the fan-in job named after a round key, or None if there is none.
+
+    Raises ValueError when the scheduler could not be asked (so "nothing found" is never
+    confused with "could not look"), or when more than one array carries the name. Jobs
+    of earlier records (``record`` sections) and arrays a failed submit.sh cancelled
+    itself (``failed`` section) do not count.
+    """
+    sections = common.split_sections(text or "")
+    squeue = common.parse_run_section(sections.get(("squeue", "-")))
+    sacct = common.parse_run_section(sections.get(("sacct", "-")))
+    if not _query_ok(squeue) and not (sacct.present and _query_ok(sacct)):
+        raise ValueError(f"could not look up jobs by name: squeue: {squeue.error_text()}")
+    arrays: set[str] = set()
+    plain: set[str] = set()
+    for cmd in (squeue, sacct):
+        if not _query_ok(cmd):
+            continue
+        for line in cmd.lines:
+            parsed = split_job_id(line.split("|", 1)[0])
+            if parsed is None:
+                continue
+            (arrays if parsed[1] is not None else plain).add(parsed[0])
+    for line in sections.get(("logs", "-"), "").splitlines():
+        if m := _LOG_NAME.match(line.strip()):
+            (arrays if m.group(1) else plain).add(m.group(1) or m.group(2))
+    for ids in common.earlier_submissions(text, parse_submit):
+        arrays.discard(ids.fanout_id)
+        plain.discard(ids.fanin_id or "")
+    arrays -= set(_CANCELLED_BY_SUBMIT.findall(common.failed_attempts(text)))
+    if not arrays:
+        return None
+    if len(arrays) > 1:
+        raise ValueError(f"more than one job array carries this name: {sorted(arrays, key=int)}")
+    array_id = arrays.pop()
+    later = sorted((p for p in plain if int(p) > int(array_id)), key=int)
+    return SubmitIds(fanout_id=array_id, fanin_id=later[0] if later else None)
+
+
+def parse_find(text: str, spec: RoundSpec) -> SubmitIds | None:
+    """``parse_find_by_name`` for ``spec``: an array without the fan-in the round needs is
+    half a submission (submit.sh stopped between its two sbatch calls): ValueError."""
+    ids = parse_find_by_name(text)
+    if ids is not None and spec.fanin and ids.fanin_id is None:
+        raise ValueError(
+            f"job array {ids.fanout_id} is named {spec.key} but no fan-in job is: the submission stopped "
+            f"between its two sbatch calls. Cancel it (scancel {ids.fanout_id}) and remove "
+            f"{spec.workdir}/{common.RECORD_DIR}/lock to submit the round again"
+        )
+    return ids
+
+
+# ---------------------------------------------------------------------------- diagnose
+
+#: (pattern, hint) in the order they are tried; texts Slurm's tools print (sbatch_ctld_down.txt,
+#: squeue_ctld_down.txt, submit_fanin_rejected.txt in tests/data/slurm)
+SLURM_ERRORS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"Unable to contact slurm controller", re.I),
+     "slurmctld is not answering (down, restarting, or not reachable from this login node): usually "
+     "transient, the next attempt asks again; if it persists, check `scontrol ping` and tell the site admins"),
+    (re.compile(r"Invalid account or account/partition combination", re.I),
+     "the account (resources.account) may not use this partition (resources.partition): list yours with "
+     "`sacctmgr -n show assoc user=$USER format=account,partition`"),
+    (re.compile(r"invalid partition", re.I),
+     "the partition (resources.partition) does not exist on this cluster: list them with `sinfo -s`"),
+]
+
+
+def diagnose(text: str) -> str | None:
+    """A hint for a known Slurm error in ``text`` (a tool's stderr), else None."""
+    for pat, msg in SLURM_ERRORS:
+        if pat.search(text or ""):
+            return msg
+    return None
+

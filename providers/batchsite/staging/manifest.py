@@ -1,0 +1,162 @@
+"""The local side of a tree: which files, their size and sha256 (with a hash cache)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from batchsite.staging.paths import StagingError, StagingInputError, check_rel
+
+#: directories and files never staged (and never listed on the site)
+SKIP_DIRS = frozenset({"__pycache__", ".git"})
+SKIP_SUFFIXES = (".pyc",)
+#: temp dirs of an unfinished push; never part of a manifest, removed after 12 h
+STAGE_PREFIX = ".batchsite-stage."
+
+MB = 1024 * 1024
+
+
+def default_cache_file() -> Path:
+    base = os.environ.get("BATCHSITE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "batchsite"
+    )
+    return Path(base) / "staging-hashes.json"
+
+
+class HashCache:
+    """sha256 by (absolute path, size, mtime_ns) in a small JSON file, so big unchanged files are hashed once."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        if path is not None:
+            try:
+                data = json.loads(path.read_text())
+                if data.get("version") == 1:
+                    self.entries = data.get("entries", {})
+            except (OSError, ValueError, AttributeError):
+                self.entries = {}
+
+    def sha256(self, path: Path, st: os.stat_result) -> str:
+        key = str(path)
+        hit = self.entries.get(key)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        digest = sha256_file(path)
+        self.remember(path, st, digest)
+        return digest
+
+    def remember(self, path: Path, st: os.stat_result, digest: str) -> None:
+        # a file modified within the mtime granularity right after hashing would look unchanged: don't cache it
+        if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
+            self.entries.pop(str(path), None)
+            return
+        self.entries[str(path)] = [st.st_size, st.st_mtime_ns, digest]
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.path is None or not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".staging-hashes.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": 1, "entries": self.entries}, f)
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError:
+            pass  # the cache is an optimisation only
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(MB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class LocalEntry:
+    path: Path
+    size: int
+    sha256: str
+
+
+def local_manifest(
+    local_dir: Path, cache: HashCache, *, regexes: Sequence[str] = (), skipped: list[str] | None = None,
+    strict: bool = True,
+) -> dict[str, LocalEntry]:
+    """{relative posix path: entry} of regular files under local_dir (file symlinks followed, dir symlinks not).
+
+    ``strict``: a name that cannot be staged (newline, backslash, not UTF-8) is an error; else it is skipped.
+    """
+    out: dict[str, LocalEntry] = {}
+    compiled = [re.compile(r) for r in regexes]
+    if not local_dir.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(local_dir):
+        here = Path(dirpath)
+        keep = []
+        for d in dirnames:
+            if d in SKIP_DIRS or d.startswith(STAGE_PREFIX):
+                continue
+            if (here / d).is_symlink():
+                if skipped is not None:
+                    skipped.append((here / d).relative_to(local_dir).as_posix() + "/")
+                continue
+            keep.append(d)
+        dirnames[:] = sorted(keep)
+        for name in sorted(filenames):
+            if name.endswith(SKIP_SUFFIXES) or name == ".git":
+                continue
+            path = here / name
+            rel = path.relative_to(local_dir).as_posix()
+            if compiled and not any(c.match(rel) for c in compiled):
+                continue
+            try:
+                st = path.stat()
+            except OSError:  # dangling symlink
+                if skipped is not None:
+                    skipped.append(rel)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                if skipped is not None:
+                    skipped.append(rel)
+                continue
+            try:
+                check_rel(rel, "local file")
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise StagingInputError(f"local file {path}: the name is not valid UTF-8; rename the file") from None
+            except StagingError:
+                if strict:
+                    raise
+                continue
+            out[rel] = LocalEntry(path, st.st_size, cache.sha256(path, st))
+    if not regexes:  # forget cached hashes of files that are gone
+        prefix = str(local_dir) + os.sep
+        seen = {str(e.path) for e in out.values()}
+        for key in [k for k in cache.entries if k.startswith(prefix) and k not in seen]:
+            del cache.entries[key]
+            cache.dirty = True
+    return out
+
+
+def cache_path(cache_file: str | os.PathLike | None | bool) -> Path | None:
+    """True: the default hash cache; a path; None/False: no cache."""
+    if cache_file is True:
+        return default_cache_file()
+    if not cache_file:
+        return None
+    return Path(cache_file)

@@ -1,0 +1,427 @@
+"""Push a tree to a site, pull one back, put/read one file: the tar protocol.
+
+Built only on ``Transport.sh`` running ``transfer.sh`` (beside this module; its header is
+the site-side spec: modes, stdin/stdout formats, exit codes), user values passed as
+positional arguments, so it behaves the same over ``local``, ``ssh`` and ``openssh``.
+
+Remote commands per operation:
+
+* ``push_tree``: 1 command lists the remote manifest (path, size, sha256); if something changed,
+  1 more command receives ONE tar stream of only the changed files on stdin, extracts it into a
+  temp dir next to the target (same filesystem), checks the sha256 of every received file, checks
+  that every destination resolves (symlinks followed on the site) under remote_root, and only then
+  renames each file into place. A reader never sees a half-written file under its final name.
+  Unchanged tree: 1 command, 0 bytes.
+* ``pull_tree``: 1 command. The local manifest goes up on stdin; the site answers with its manifest
+  followed by ONE ``tar cf -`` of only the files whose sha256 differs. Files are written into a temp
+  dir next to the local target, verified, then renamed into place.
+* ``put_text`` / ``read_text``: 1 command each; writes go to a temp name in the same directory, then ``mv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import io
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from batchsite.model import CommandResult
+from batchsite.shellscripts import load
+from batchsite.staging.manifest import MB, HashCache, LocalEntry, cache_path, local_manifest
+from batchsite.staging.paths import (
+    StagingError, StagingInputError, UnsafePathError, check_rel, check_remote_path, check_remote_root, glob_to_ere,
+)
+from batchsite.transport.base import Transport
+
+#: the site side, run as ``sh -c <text> batchsite <mode> <remote_root> ...``
+TRANSFER = load("batchsite.staging", "transfer.sh")
+
+# exit codes of transfer.sh
+_RC_UNSAFE = 77
+_RC_MISMATCH = 73
+_RC_MISSING = 3
+
+
+class RemoteDiskFullError(StagingError):
+    """The site's filesystem is full or the quota is exceeded; nothing was half-written."""
+
+
+class LocalDiskFullError(StagingError):
+    """This machine's filesystem is full; nothing was half-written."""
+
+
+@dataclasses.dataclass
+class PushReport:
+    remote_dir: str
+    files_sent: int = 0
+    bytes_sent: int = 0  # payload bytes (file contents) sent
+    stream_bytes: int = 0  # bytes of the tar stream on stdin (payload + headers)
+    files_unchanged: int = 0
+    files_deleted: int = 0
+    commands: int = 0  # remote commands used
+    sent: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)  # local symlinked dirs, sockets, ...
+
+    def summary(self) -> str:
+        s = (f"{self.remote_dir}: {self.files_sent} file(s) sent ({_human(self.bytes_sent)}), "
+             f"{self.files_unchanged} unchanged")
+        if self.files_deleted:
+            s += f", {self.files_deleted} deleted"
+        if self.skipped:
+            s += f", {len(self.skipped)} skipped (symlinked dirs / special files)"
+        return s + f"; {self.commands} remote command(s)"
+
+
+@dataclasses.dataclass
+class PullReport:
+    remote_dir: str
+    local_dir: str
+    files_received: int = 0
+    bytes_received: int = 0
+    files_unchanged: int = 0
+    commands: int = 0
+    received: list[str] = dataclasses.field(default_factory=list)
+    #: files that changed (or vanished) on the site while being pulled: local copy left as it was
+    changed_during_pull: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        s = (f"{self.remote_dir} -> {self.local_dir}: {self.files_received} file(s) received "
+             f"({_human(self.bytes_received)}), {self.files_unchanged} unchanged")
+        if self.changed_during_pull:
+            s += (f"; {len(self.changed_during_pull)} changed on the site while pulling and were left as they "
+                  f"were (pull again): {', '.join(self.changed_during_pull[:5])}")
+        return s + f"; {self.commands} remote command(s)"
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+
+def _raise_for(r: CommandResult, what: str, where: str) -> None:
+    """Turn a failed snippet into the error a person can act on."""
+    if r.returncode == 0:
+        return
+    err = r.err.strip()
+    if r.returncode == _RC_UNSAFE:
+        raise UnsafePathError(err.replace("batchsite: ", "", 1) or f"{where}: refused (outside remote_root)")
+    if "@@ENOSPC" in err or "No space left on device" in err or "Disk quota exceeded" in err:
+        at = where
+        for line in err.splitlines():
+            if line.startswith("@@ENOSPC "):
+                at = line[len("@@ENOSPC "):]
+                break
+        detail = [ln for ln in err.splitlines() if not ln.startswith("@@")][-3:]
+        raise RemoteDiskFullError(
+            f"remote disk full or quota exceeded at {at} while {what}; nothing was left half-written "
+            f"(files keep their previous content). Free space or raise the quota, then run it again. "
+            f"Site said: {' | '.join(detail)}"
+        )
+    if r.returncode == _RC_MISMATCH:
+        raise StagingError(f"{what}: {err or 'checksum mismatch after transfer'}")
+    tail = " | ".join(err.splitlines()[-5:]) or r.out.strip()[-300:]
+    raise StagingError(f"{what} failed (exit {r.returncode}) at {where}: {tail}")
+
+
+def _parse_sums(lines: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        if len(line) < 67 or line.startswith("\\"):
+            continue  # names with newline/backslash: sha256sum escapes them; never ours
+        rel = line[66:]
+        out[rel[2:] if rel.startswith("./") else rel] = line[:64]
+    return out
+
+
+
+def _rindex(lines: list[str], marker: str, before: int | None = None) -> int:
+    end = len(lines) if before is None else before
+    for i in range(end - 1, -1, -1):
+        if lines[i] == marker:
+            return i
+    raise ValueError(marker)
+
+
+def _parse_manifest(out: str, where: str) -> dict[str, tuple[int, str]] | None:
+    lines = out.splitlines()  # markers are searched from the end: an env script may print before us
+    if lines and lines[-1] == "@@NODIR":
+        return None
+    try:
+        i_end = _rindex(lines, "@@END")
+        i_sums = _rindex(lines, "@@SUMS", i_end)
+        i_sizes = _rindex(lines, "@@SIZES", i_sums)
+    except ValueError:
+        raise StagingError(f"unexpected reply while listing {where} on the site: {out[:300]!r}") from None
+    sizes = {}
+    for line in lines[i_sizes + 1:i_sums]:
+        size, _, rel = line.partition(" ")
+        if size.isdigit() and rel.startswith("./"):
+            sizes[rel[2:]] = int(size)
+    sums = _parse_sums(lines[i_sums + 1:i_end])
+    return {rel: (sizes.get(rel, -1), sha) for rel, sha in sums.items()}
+
+
+
+# --------------------------------------------------------------------------- push
+def push_tree(
+    transport: Transport,
+    local_dir: str | os.PathLike,
+    remote_dir: str,
+    *,
+    remote_root: str,
+    delete: bool = False,
+    cache_file: str | os.PathLike | None | bool = True,
+    timeout: float = 1800.0,
+) -> PushReport:
+    """Make remote_dir hold the files of local_dir; send only what differs (by sha256).
+
+    ``delete=True`` also removes remote files that are not in local_dir (never ``__pycache__``,
+    ``*.pyc`` or ``.git``). ``cache_file``: True = the default hash cache, a path, or None/False = none.
+    """
+    root = check_remote_root(remote_root)
+    rdir = check_remote_path(remote_dir, root)
+    local = Path(local_dir).resolve()
+    if not local.is_dir():
+        raise StagingInputError(f"local directory {local_dir} does not exist (or is not a directory)")
+    parent = posixpath.dirname(rdir) if rdir != root else rdir
+    report = PushReport(remote_dir=rdir)
+    cache = HashCache(cache_path(cache_file))
+    start = transport.counters.commands_run
+    try:
+        mine = local_manifest(local, cache, skipped=report.skipped)
+    finally:
+        cache.save()
+
+    r = transport.sh(TRANSFER, "manifest", root, rdir, timeout=timeout)
+    _raise_for(r, f"listing {rdir} on the site", rdir)
+    theirs = _parse_manifest(r.out, rdir) or {}
+
+    changed = [rel for rel in sorted(mine) if theirs.get(rel, (None, None))[1] != mine[rel].sha256]
+    to_delete = sorted(set(theirs) - set(mine)) if delete else []
+    report.files_unchanged = len(mine) - len(changed)
+    if not changed and not to_delete:
+        report.commands = transport.counters.commands_run - start
+        return report
+
+    payload, sums = _push_payload(mine, changed, to_delete)
+    report.stream_bytes = len(payload)
+    r = transport.sh(TRANSFER, "push", root, rdir, parent, stdin=payload, timeout=timeout)
+    report.commands = transport.counters.commands_run - start
+    _raise_for(r, f"pushing {local_dir} to {rdir}", rdir)
+    lines = r.out.splitlines()
+    try:
+        i_done = _rindex(lines, "@@DONE")
+        i_sums = _rindex(lines, "@@SUMS", i_done)
+    except ValueError:
+        raise StagingError(f"unexpected reply while pushing to {rdir}: {r.out[-300:]!r} {r.err[-300:]!r}") from None
+    got = _parse_sums(lines[i_sums + 1:i_done])
+    if got != sums:
+        bad = sorted(k for k in set(got) | set(sums) if got.get(k) != sums.get(k))
+        raise StagingError(f"checksums on the site differ from what was sent to {rdir}: {bad[:10]}")
+    report.files_sent = len(changed)
+    report.bytes_sent = sum(mine[rel].size for rel in changed)
+    report.sent = changed
+    report.files_deleted = len(to_delete)
+    return report
+
+
+def _push_payload(mine: dict[str, LocalEntry], changed: list[str], to_delete: list[str]) -> tuple[bytes, dict[str, str]]:
+    """ONE tar: control lists + the changed files (hashed again as read, so the sums match what is sent)."""
+    buf = io.BytesIO()
+    sums: dict[str, str] = {}
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in changed:
+            e = mine[rel]
+            try:
+                data = e.path.read_bytes()
+                st = e.path.stat()
+            except OSError as exc:
+                raise StagingError(f"local file {e.path} vanished or became unreadable while pushing: {exc}") from exc
+            sums[rel] = hashlib.sha256(data).hexdigest()
+            e.size = len(data)
+            info = tarfile.TarInfo("f/" + rel)
+            info.size = len(data)
+            info.mode = stat.S_IMODE(st.st_mode) & 0o777 | 0o600
+            info.mtime = int(st.st_mtime)
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+        for rel in to_delete:
+            check_rel(rel, "remote file")
+        ctl = {
+            "ctl/list": "".join(f"{rel}\n" for rel in changed),
+            "ctl/sums": "".join(f"{sums[rel]}  {rel}\n" for rel in changed),
+            "ctl/delete": "".join(f"./{rel}\n" for rel in to_delete),
+            "ctl/check": "".join(f"./{rel}\n" for rel in [*changed, *to_delete]),
+        }
+        for name, text in ctl.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o600, now
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), sums
+
+
+
+# --------------------------------------------------------------------------- pull
+def pull_tree(
+    transport: Transport,
+    remote_dir: str,
+    local_dir: str | os.PathLike,
+    *,
+    remote_root: str,
+    patterns: Sequence[str] | None = None,
+    cache_file: str | os.PathLike | None | bool = True,
+    timeout: float = 3600.0,
+) -> PullReport:
+    """Mirror the files of remote_dir (matching ``patterns``, globs relative to remote_dir) into local_dir.
+
+    Only files whose sha256 differs are transferred and replaced. One remote command.
+    """
+    root = check_remote_root(remote_root)
+    rdir = check_remote_path(remote_dir, root)
+    regexes = [glob_to_ere(pattern) for pattern in (patterns or [])]
+    local = Path(local_dir).absolute()
+    report = PullReport(remote_dir=rdir, local_dir=str(local))
+    cache = HashCache(cache_path(cache_file))
+    start = transport.counters.commands_run
+    try:
+        mine = local_manifest(local, cache, regexes=regexes, strict=False)
+        stdin = "".join(f"{e.sha256}  {rel}\n" for rel, e in mine.items()).encode()
+
+        r = transport.sh(TRANSFER, "pull", root, rdir, *regexes, stdin=stdin, timeout=timeout)
+        report.commands = transport.counters.commands_run - start
+        if r.returncode == _RC_MISSING and "@@NODIR" in r.err:
+            raise StagingError(f"nothing to pull: {rdir} does not exist on the site (check --version and --type)")
+        _raise_for(r, f"pulling {rdir}", rdir)
+        manifest, tar_bytes = _split_pull_reply(r.stdout, rdir)
+        want: dict[str, str] = {}
+        for line in manifest.splitlines():
+            flag, sha, rel = line[:1], line[2:66], line[67:]
+            if flag == "=":
+                report.files_unchanged += 1
+            elif flag == "S":
+                check_rel(rel, f"file from the site under {rdir}")
+                want[rel] = sha
+        if want:
+            _install_pulled(tar_bytes, want, local, report, cache)
+        missing = sorted(set(want) - set(report.received) - set(report.changed_during_pull))
+        report.changed_during_pull.extend(missing)
+    finally:
+        cache.save()
+    return report
+
+
+_PULL_MARK = b"\n@@BATCHSITE-PULL "
+_FILE_MARK = "\n@@BATCHSITE-FILE\n"
+
+
+def _split_pull_reply(stdout: bytes, where: str) -> tuple[str, bytes]:
+    """Skip anything the site's env script printed; then "<n>\n", n bytes of manifest, the tar."""
+    i = stdout.find(_PULL_MARK)
+    head, sep, rest = stdout[i + len(_PULL_MARK):].partition(b"\n") if i >= 0 else (b"", b"", b"")
+    if not sep or not head.isdigit():
+        raise StagingError(f"unexpected reply while pulling {where}: {stdout[:300]!r}")
+    n = int(head)
+    return rest[:n].decode("utf-8", "surrogateescape"), rest[n:]
+
+
+def _install_pulled(tar_bytes: bytes, want: dict[str, str], local: Path, report: PullReport, cache: HashCache) -> None:
+    """Write each wanted member into a temp dir next to ``local``, verify, then rename into place."""
+    try:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{local.name}.batchsite-pull.", dir=local.parent))
+    except OSError as e:
+        _raise_local(e, local)
+    try:
+        ok: list[tuple[str, tarfile.TarInfo]] = []
+        try:
+            with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r|") as tar:
+                for m in tar:
+                    name = m.name[2:] if m.name.startswith("./") else m.name
+                    if m.name.startswith("/") or ".." in m.name.split("/"):
+                        raise UnsafePathError(f"the site sent a tar member with an unsafe name {m.name!r}: refused")
+                    if not m.isreg():
+                        raise UnsafePathError(
+                            f"the site sent {m.name!r} as a {'symlink' if m.issym() else 'link/device/dir'}: refused"
+                        )
+                    if name not in want:
+                        raise UnsafePathError(f"the site sent {m.name!r}, which was not asked for: refused")
+                    check_rel(name, "tar member")
+                    dest = tmpdir / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    h = hashlib.sha256()
+                    src = tar.extractfile(m)
+                    with open(dest, "wb") as f:
+                        for chunk in iter(lambda: src.read(MB), b""):
+                            h.update(chunk)
+                            f.write(chunk)
+                    if h.hexdigest() != want[name]:
+                        report.changed_during_pull.append(name)
+                        dest.unlink()
+                        continue
+                    os.chmod(dest, stat.S_IMODE(m.mode) & 0o777 | 0o600)
+                    os.utime(dest, (m.mtime, m.mtime))
+                    ok.append((name, m))
+        except tarfile.TarError as e:
+            raise StagingError(f"the tar stream from the site for {report.remote_dir} is damaged: {e}") from e
+        for name, m in ok:
+            final = local / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmpdir / name, final)
+            report.received.append(name)
+            report.bytes_received += m.size
+            cache.remember(final, final.stat(), want[name])
+        report.files_received = len(report.received)
+    except OSError as e:
+        _raise_local(e, local)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _raise_local(e: OSError, where: Path):
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        raise LocalDiskFullError(
+            f"local disk full or quota exceeded at {where}; nothing was left half-written. Free space and pull again."
+        ) from e
+    raise StagingError(f"writing into {where} failed: {e}") from e
+
+
+# --------------------------------------------------------------------------- single files
+def put_text(transport: Transport, path: str, text: str | bytes, *, remote_root: str, mode: int = 0o644) -> None:
+    """Write one file atomically (temp name in the same dir + mv). mode=0o600 for credential files."""
+    root = check_remote_root(remote_root)
+    checked = check_remote_path(path, root)
+    if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise StagingInputError(f"mode={mode!r} must be an int like 0o644 or 0o600")
+    data = text.encode() if isinstance(text, str) else bytes(text)
+    r = transport.sh(TRANSFER, "put", root, checked, f"{mode:o}", stdin=data, timeout=300)
+    _raise_for(r, f"writing {checked}", checked)
+    if "@@DONE" not in r.out.splitlines():
+        raise StagingError(f"unexpected reply while writing {checked}: {r.out[-300:]!r}")
+
+
+def read_text(transport: Transport, path: str, *, remote_root: str) -> str:
+    root = check_remote_root(remote_root)
+    checked = check_remote_path(path, root)
+    r = transport.sh(TRANSFER, "read", root, checked, timeout=300)
+    if r.returncode == _RC_MISSING and "@@NOFILE" in r.err:
+        raise FileNotFoundError(f"{checked} does not exist on the site")
+    _raise_for(r, f"reading {checked}", checked)
+    i = r.out.find(_FILE_MARK)
+    if i < 0:
+        raise StagingError(f"unexpected reply while reading {checked}: {r.out[:300]!r}")
+    return r.out[i + len(_FILE_MARK):]

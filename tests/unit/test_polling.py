@@ -1,0 +1,126 @@
+"""The shared site poller, against a counting transport over the real local site.
+
+``CountingTransport`` is the local transport that records every command it runs (and when),
+and can be told to fail: it stands for a site that drops off the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from batchsite.backends.base import get_backend
+from batchsite.model import JobState, Submission
+from batchsite.polling import SiteOutage, SitePoller
+from batchsite.transport.base import TransportError
+from batchsite.transport.local import AsyncLocalTransport
+from tests.unit.local_rounds import submit
+
+
+class CountingTransport(AsyncLocalTransport):
+    def __init__(self, fail_first: int = 0, fail_always: bool = False):
+        super().__init__()
+        self.commands: list[tuple[float, str]] = []  # (monotonic time, the script run)
+        self.fail_first = fail_first
+        self.fail_always = fail_always
+
+    async def _exec(self, line, stdin, timeout):
+        self.commands.append((time.monotonic(), line))
+        if self.fail_always or len(self.commands) <= self.fail_first:
+            raise TransportError("connection refused (simulated outage)")
+        return await super()._exec(line, stdin, timeout)
+
+    def status_commands(self, keys: list[str]) -> list[str]:
+        return [line for _, line in self.commands if any(k in line for k in keys)]
+
+
+def poller(transport: CountingTransport, **kw) -> SitePoller:
+    return SitePoller("local", transport, get_backend("local"), **{"interval": 0.1, **kw})
+
+
+async def watch_until_finished(p: SitePoller, sub: Submission):
+    async for status in p.watch(sub):
+        if status.finished:
+            return status
+
+
+def test_k_rounds_cost_one_status_command_per_cycle(local_site):
+    subs = [submit(local_site, ["sh", "-c", f"sleep {0.3 * (i + 1)}"]) for i in range(4)]
+    transport = CountingTransport()
+    p = poller(transport)
+
+    async def all_of_them():
+        return await asyncio.gather(*(watch_until_finished(p, s) for s in subs))
+
+    statuses = asyncio.run(asyncio.wait_for(all_of_them(), 60))
+    assert all(s.succeeded for s in statuses)
+    keys = [s.key for s in subs]
+    status_cmds = transport.status_commands(keys)
+    assert len(status_cmds) == p.cycles  # one command per cycle, whatever the number of rounds
+    assert len(transport.commands) == p.cycles + 1  # + the scheduler probe, once
+    # the first cycle already asked for every round, in that one command
+    assert all(k in status_cmds[0] for k in keys)
+
+
+def test_a_failing_site_is_retried_with_growing_delays():
+    sub = Submission(key="bs-t-backoff", scheduler="local", workdir="/nonexistent/bs-t-backoff", indices=[0],
+                     fanout_id="h:1")
+    transport = CountingTransport(fail_first=4)
+    p = poller(transport, interval=0.2, max_backoff=5)
+
+    async def first_status():
+        async for status in p.watch(sub):
+            return status
+
+    status = asyncio.run(asyncio.wait_for(first_status(), 30))
+    assert status.key == sub.key  # reached the site once it answered again
+    times = [t for t, _ in transport.commands[:5]]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(later > 1.5 * earlier for earlier, later in zip(gaps, gaps[1:])), gaps  # exponential
+
+
+def test_an_outage_longer_than_the_grace_fails_every_watcher():
+    subs = [Submission(key=f"bs-t-out{i}", scheduler="local", workdir=f"/x/bs-t-out{i}", indices=[0],
+                       fanout_id="h:1") for i in range(2)]
+    p = poller(CountingTransport(fail_always=True), outage_grace=0.5, max_backoff=0.2)
+
+    async def one(sub):
+        with pytest.raises(SiteOutage, match="unreachable for"):
+            async for _ in p.watch(sub):
+                pass
+
+    async def both():
+        await asyncio.gather(*(one(s) for s in subs))
+
+    t0 = time.monotonic()
+    asyncio.run(asyncio.wait_for(both(), 30))
+    assert 0.5 <= time.monotonic() - t0 < 5
+
+
+def test_a_unit_gone_without_witness_is_vanished_then_failed_after_the_grace(local_root):
+    # what a runner killed with SIGKILL leaves: unit 0 recorded running, neither the runner
+    # nor the unit alive, no exit file
+    workdir = local_root / "rounds" / "bs-t-vanish"
+    (workdir / "state").mkdir(parents=True)
+    dead_pid = 4194303  # above pid_max's default: never alive
+    (workdir / "state" / "runner.pid").write_text(f"{dead_pid} {socket.gethostname()}\n")
+    (workdir / "state" / "0").write_text(f"running {dead_pid}\n")
+    sub = Submission(key="bs-t-vanish", scheduler="local", workdir=str(workdir), indices=[0],
+                     fanout_id=f"{socket.gethostname()}:{dead_pid}")
+    p = poller(CountingTransport(), vanish_grace=0.6)
+
+    async def states():
+        seen = []
+        async for status in p.watch(sub):
+            seen.append((time.monotonic(), status.units[0]))
+            if status.finished:
+                return seen
+
+    seen = asyncio.run(asyncio.wait_for(states(), 30))
+    assert seen[0][1].state is JobState.VANISHED
+    t_vanished, last = seen[0][0], seen[-1]
+    assert last[1].state is JobState.FAILED and last[1].native == "VANISHED"
+    assert last[0] - t_vanished >= 0.6 - 0.15  # not before the grace (one interval of slack)

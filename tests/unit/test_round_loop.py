@@ -1,0 +1,56 @@
+"""The round loop every campaign DAG shares: the task ids and wiring it builds."""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, task
+
+from batchsite.operators.round import BatchRoundOperator
+from batchsite.operators.round_loop import round_loop
+
+
+def prepare(partition: dict, setup: dict) -> dict:
+    return {"units": [["true"]]}
+
+
+def collect(partition: dict, round_request: dict, submitted: dict, setup: dict) -> dict:
+    return partition
+
+
+def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
+    return []
+
+
+def build(max_rounds: int = 2, **kw) -> DAG:
+    with DAG("loop_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+        @task
+        def setup() -> dict:
+            return {}
+
+        @task
+        def first(setup: dict) -> list[dict]:
+            return [{"step": 1}]
+
+        s = setup()
+        round_loop(setup=s, first=first(s), prepare=prepare, collect=collect, replan=replan,
+                   max_rounds=max_rounds, **kw)
+    return dag
+
+
+def test_two_rounds_build_the_expected_tasks():
+    dag = build()
+    per_round = ["prepare", "submit", "collect"]
+    rounds = {f"round_{r:02d}.{t}" for r in (1, 2) for t in per_round}
+    expected = {"setup", "first", "replan_01", "replan_02"} | rounds
+    assert set(dag.task_ids) == expected
+    submit = dag.get_task("round_02.submit")
+    assert isinstance(submit, BatchRoundOperator) and submit.fail_on_failure is False
+    # each round is prepared from the previous replan, and its request is the prepare task's XCom
+    assert dag.get_task("round_02.prepare").upstream_task_ids >= {"replan_01"}
+    assert "round_02.prepare" in submit.upstream_task_ids
+    assert dag.get_task("replan_02").upstream_task_ids == {"round_02.collect", "setup"}
+
+
+def test_group_names_follow_the_campaign():
+    dag = build(group_name=lambda r: f"iter{r:02d}")
+    assert {"iter01.submit", "iter02.collect"} <= set(dag.task_ids)
