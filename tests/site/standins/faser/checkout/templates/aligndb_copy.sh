@@ -1,0 +1,3 @@
+#!/bin/bash
+# placeholder: runAlignment.sh rebuilds aligndb_copy.sh from the head and tail templates
+exit 1
