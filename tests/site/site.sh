@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Real batchsite test site on this machine: sshd on loopback + Slurm (slurmctld, slurmd,
 # optionally slurmdbd + MariaDB for sacct) + optionally an HTCondor personal pool, all used
-# by the unprivileged test user "bsite" over real SSH. Must run as root (Debian 12).
+# by the unprivileged test user "bsite" over real SSH; and PostgreSQL on loopback (Airflow's
+# metadata DB, the campaign ledger). Must run as root (Debian 12).
 #
 # Usage: site.sh COMMAND
 #   start [--no-accounting]  install missing packages, start sshd, munged, (mariadb, slurmdbd),
-#                            slurmctld, slurmd; verify `sbatch --wrap true` by bsite over SSH;
-#                            write site.json / site.env. Idempotent (a second start is < 2 s).
+#                            slurmctld, slurmd, postgres; verify `sbatch --wrap true` by bsite
+#                            over SSH; write site.json / site.env. Idempotent (a second start
+#                            is < 2 s).
 #                            Switching accounting mode rewrites /etc/slurm/slurm.conf and
 #                            restarts slurmctld + slurmd (and stops slurmdbd/mariadb for
 #                            --no-accounting).
-#   stop                     stop everything started here (condor_master, slurmd, slurmctld,
-#                            slurmdbd, mariadbd, munged, sshd) by recorded PID, after cancelling
-#                            unfinished Slurm jobs; removes site.json / site.env.
+#   stop                     stop everything started here (condor_master, postgres, slurmd,
+#                            slurmctld, slurmdbd, mariadbd, munged, sshd) by recorded PID, after
+#                            cancelling unfinished Slurm jobs; removes site.json / site.env.
 #   status                   which daemons are alive (by PID), sinfo/squeue, condor_status
 #   env                      print site.env (fails if the site is not started)
 #   start-condor             HTCondor personal pool run by bsite (unpacks the tarball if needed),
@@ -31,6 +33,8 @@
 #   BATCHSITE_SITE_DIR      state dir            [<repo>/.state/site]
 #   BATCHSITE_SSH_PORT      sshd port            [2222]
 #   BATCHSITE_DB_PORT       MariaDB TCP port on 127.0.0.1 (slurmdbd uses TCP) [3307]
+#   BATCHSITE_PG_PORT       PostgreSQL TCP port on 127.0.0.1 (Airflow metadata DB, campaign
+#                           ledger; not 5432, so a system cluster can coexist) [5433]
 #   BATCHSITE_CONDOR_TARBALL  [<repo>/../shared/htcondor/condor-25.13.2-x86_64-debian12.tar.zst]
 #   BATCHSITE_CONDOR_PREFIX   [/opt/condor]; not unpacked when sbin/condor_master exists there
 #   BATCHSITE_CONDOR_HELD_REMOVE_AFTER  seconds a held job stays before removal [86400]
@@ -41,7 +45,10 @@
 # Choices: slurmctld and slurmdbd run as SlurmUser=slurm (they drop privileges themselves;
 # their state/log dirs are owned by slurm), slurmd as root, munged as munge, mariadbd as
 # mysql (own datadir in the state dir, TCP on 127.0.0.1:$BATCHSITE_DB_PORT because slurmdbd
-# has no socket option), sshd as root (own config/host key), condor_master as bsite.
+# has no socket option), sshd as root (own config/host key), condor_master as bsite, postgres
+# as postgres (own cluster in the state dir, TCP on 127.0.0.1:$BATCHSITE_PG_PORT; databases
+# `airflow` and `batchsite_ledger`, each owned by a role of the same name with a generated
+# password; their URIs are in site.json).
 set -euo pipefail
 umask 022
 export LC_ALL=C
@@ -51,6 +58,7 @@ REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 STATE=$(realpath -m "${BATCHSITE_SITE_DIR:-$REPO/.state/site}")
 SSH_PORT=${BATCHSITE_SSH_PORT:-2222}
 DB_PORT=${BATCHSITE_DB_PORT:-3307}
+PG_PORT=${BATCHSITE_PG_PORT:-5433}
 START_TIMEOUT=${BATCHSITE_SITE_START_TIMEOUT:-90}
 STOP_TIMEOUT=${BATCHSITE_SITE_STOP_TIMEOUT:-20}
 
@@ -88,13 +96,19 @@ MUNGE_DIR=$STATE/munge
 MYSQL_DIR=$STATE/mysql
 MYSQL_SOCK=$MYSQL_DIR/mysqld.sock
 SLURM_DIR=$STATE/slurm
+PG_DIR=$STATE/postgres
+PG_DATA=$PG_DIR/data
+PG_SOCK_DIR=$PG_DIR/run
+#: databases (each owned by the role of the same name): Airflow's metadata DB, the campaign ledger
+PG_DATABASES=(airflow batchsite_ledger)
 SITE_JSON=$STATE/site.json
 SITE_ENV=$STATE/site.env
 MODE_FILE=$STATE/mode
 
 BASE_PACKAGES=(openssh-server openssh-client munge slurmctld slurmd slurm-client nftables rsync
-               python3 python3-numpy zstd util-linux)
+               python3 python3-numpy zstd util-linux shellcheck)
 ACCT_PACKAGES=(slurmdbd mariadb-server mariadb-client)
+PG_PACKAGES=(postgresql)
 
 # ---------------------------------------------------------------- helpers
 say() { printf 'site.sh: %s\n' "$*"; }
@@ -126,6 +140,7 @@ daemon_logs() {
     slurmdbd) echo "$SLURM_DIR/log/slurmdbd.log $SLURM_DIR/log/slurmdbd.out" ;;
     slurmctld) echo "$SLURM_DIR/log/slurmctld.log $SLURM_DIR/log/slurmctld.out" ;;
     slurmd) echo "$SLURM_DIR/log/slurmd.log $SLURM_DIR/log/slurmd.out" ;;
+    postgres) echo "$PG_DIR/postgres.log $PG_DIR/initdb.log" ;;
     condor_master) echo "$CONDOR_DIR/log/master.stdout $CONDOR_DIR/log/MasterLog $CONDOR_DIR/log/SchedLog $CONDOR_DIR/log/StartLog $CONDOR_DIR/log/ShadowLog" ;;
   esac
 }
@@ -154,10 +169,10 @@ launch() {
   # a site that is being (re)started is not described by site.json until verified again
   [ -z "$CLEAR_SITE_FILES_ON_LAUNCH" ] || [ -n "$LAUNCHED" ] || rm -f "$SITE_JSON" "$SITE_ENV"
   setsid "$@" </dev/null >>"$out" 2>&1 9>&- &
-  local pid=$! i
+  local pid=$!
   LAUNCHED=1
   echo "$pid $comm" > "$PIDS/$name.pid"
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     pid_running "$pid" "$comm" && return 0
     [ -e "/proc/$pid" ] && [ "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" != Z ] \
       || die_daemon "$name" "exited right after start (pid $pid)"
@@ -174,7 +189,11 @@ stop_daemon() {  # NAME
   # sshd: the per-connection processes (children of the listener) outlive it; end them too,
   # so that established sessions (e.g. OpenSSH ControlMaster connections) are gone as well
   [ "$name" = sshd ] && sessions=$(pgrep -P "$pid" 2>/dev/null | tr '\n' ' ' || true)
-  kill -TERM "$pid" 2>/dev/null || true
+  # postgres: SIGTERM is a "smart" shutdown that waits for every client (a running Airflow) to
+  # disconnect; SIGINT is the "fast" one: clients are disconnected, a clean checkpoint is written
+  local sig=TERM
+  [ "$name" = postgres ] && sig=INT
+  kill -"$sig" "$pid" 2>/dev/null || true
   [ -z "$sessions" ] || stop_sessions $sessions
   deadline=$((EPOCHSECONDS + STOP_TIMEOUT))
   while pid_running "$pid" "$comm"; do
@@ -343,6 +362,12 @@ write_site_files() {
     if [ "$(cat "$MODE_FILE" 2>/dev/null)" = accounting ] && alive slurmdbd && alive mariadb; then accounting=true; fi
   fi
   alive condor_master && condor=true
+  local pg=null pg_env=
+  if alive postgres; then
+    pg="{\"host\": \"127.0.0.1\", \"port\": $PG_PORT, \"airflow_uri\": $(json_str "$(pg_uri airflow)"), \"ledger_uri\": $(json_str "$(pg_uri batchsite_ledger)")}"
+    pg_env="export BATCHSITE_SITE_PG_AIRFLOW_URI=$(shq "$(pg_uri airflow)")
+export BATCHSITE_SITE_PG_LEDGER_URI=$(shq "$(pg_uri batchsite_ledger)")"
+  fi
   hk=$(host_key_line)
   {
     echo "{"
@@ -356,6 +381,7 @@ write_site_files() {
     echo "  \"env_script\": $(json_str "$ENV_SCRIPT"),"
     echo "  \"accounting\": $accounting,"
     echo "  \"condor\": $condor,"
+    echo "  \"postgres\": $pg,"
     echo "  \"slurm\": $slurm"
     echo "}"
   } | write_if_changed "$SITE_JSON" || true
@@ -371,6 +397,7 @@ write_site_files() {
     echo "export BATCHSITE_SITE_ACCOUNTING=$accounting"
     echo "export BATCHSITE_SITE_CONDOR=$condor"
     echo "export BATCHSITE_SITE_SLURM=$slurm"
+    [ -z "$pg_env" ] || echo "$pg_env"
   } | write_if_changed "$SITE_ENV" || true
 }
 
@@ -463,6 +490,7 @@ ensure_munged() {
 }
 
 # ---------------------------------------------------------------- mariadb + slurmdbd
+# shellcheck disable=SC2120  # arguments come through wait_for
 mysql_root() { mariadb --no-defaults -S "$MYSQL_SOCK" -u root "$@" 9>&-; }
 db_password() {
   local f=$STATE/run/dbpass
@@ -545,6 +573,68 @@ ensure_slurmdbd() {
     out=$(timeout 20 sacctmgr -i add user "$SITE_USER" Account="$ACCOUNT" Cluster="$CLUSTER" 2>&1 9>&-) ||
       die_daemon slurmdbd "sacctmgr add user failed: $out"
   fi
+}
+
+# ---------------------------------------------------------------- postgres (Airflow metadata DB, ledger)
+PG_BIN=
+pg_bin() {  # the newest installed server's bin dir (Debian: /usr/lib/postgresql/<major>/bin)
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] && [ -x "$d/postgres" ] || die "no PostgreSQL server under /usr/lib/postgresql (package postgresql)"
+  echo "$d"
+}
+as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@" 9>&-; }
+# superuser psql (SQL on stdin) over the cluster's own socket (peer authentication as postgres)
+pg_psql() { as_postgres "$PG_BIN/psql" -X -q -h "$PG_SOCK_DIR" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1; }
+pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -d postgres 9>&-; }
+pg_password() {  # ROLE : generated once per state dir, like the MariaDB one
+  local f=$STATE/run/pg_$1.pass
+  if [ ! -s "$f" ]; then (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$f"); fi
+  chmod 600 "$f"; cat "$f"
+}
+pg_uri() { echo "postgresql://$1:$(pg_password "$1")@127.0.0.1:$PG_PORT/$1"; }  # DB (= its role)
+
+# roles + databases; idempotent (a role's password is set again from its file every start).
+# CREATEDB: a test session makes its own throwaway database (tests/deployment), so that two
+# sessions never share one Airflow metadata DB
+ensure_pg_databases() {
+  local db pw sql="" out
+  for db in "${PG_DATABASES[@]}"; do
+    pw=$(pg_password "$db")
+    sql+="SELECT format('CREATE ROLE %I LOGIN', '$db') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$db')\\gexec
+ALTER ROLE \"$db\" LOGIN CREATEDB PASSWORD '$pw';
+SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8'' TEMPLATE template0', '$db', '$db') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$db')\\gexec
+"
+  done
+  out=$(pg_psql <<<"$sql" 2>&1) || die_daemon postgres "creating the roles/databases ${PG_DATABASES[*]} failed: $out"
+}
+
+ensure_postgres() {
+  PG_BIN=$(pg_bin)
+  if ! alive postgres; then
+    [ ${#PG_SOCK_DIR} -lt 90 ] || die "PostgreSQL socket dir too long (${#PG_SOCK_DIR} chars): $PG_SOCK_DIR; use a shorter BATCHSITE_SITE_DIR"
+    install -d -o postgres -g postgres -m 700 "$PG_DIR" "$PG_SOCK_DIR"
+    check_traversable postgres "$PG_DIR"
+    local major; major=$(basename "$(dirname "$PG_BIN")")
+    if [ -s "$PG_DATA/PG_VERSION" ] && [ "$(cat "$PG_DATA/PG_VERSION")" != "$major" ]; then
+      die "$PG_DATA was made by PostgreSQL $(cat "$PG_DATA/PG_VERSION"), the server is $major: remove $PG_DATA (test data only)"
+    fi
+    if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+      rm -rf "$PG_DATA"
+      as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -E UTF8 --locale=C --auth-local=peer \
+        --auth-host=scram-sha-256 >"$PG_DIR/initdb.log" 2>&1 || die_logs "initdb of $PG_DATA failed" "$PG_DIR/initdb.log"
+    fi
+    # test cluster: no fsync (like MariaDB's flush-at-commit=0 above), room for a whole Airflow
+    # deployment's connection pools (api-server, scheduler + executor workers, dag-processor,
+    # triggerer, task processes)
+    launch postgres postgres "$PG_DIR/postgres.log" setpriv --reuid=postgres --regid=postgres --init-groups \
+      "$PG_BIN/postgres" -D "$PG_DATA" -c listen_addresses=127.0.0.1 -c port="$PG_PORT" \
+      -c unix_socket_directories="$PG_SOCK_DIR" -c max_connections=300 -c fsync=off \
+      -c synchronous_commit=off -c full_page_writes=off -c log_min_messages=warning
+    wait_for postgres "pg_isready on 127.0.0.1:$PG_PORT" pg_ready
+    say "postgres: pid $(pid_of postgres) on 127.0.0.1:$PG_PORT ($PG_BIN)"
+  fi
+  ensure_pg_databases
 }
 
 # ---------------------------------------------------------------- slurmctld + slurmd
@@ -705,8 +795,8 @@ cmd_start() {
   check_root
   lock_state
   CLEAR_SITE_FILES_ON_LAUNCH=1
-  if [ "$mode" = accounting ]; then ensure_packages "${BASE_PACKAGES[@]}" "${ACCT_PACKAGES[@]}"
-  else ensure_packages "${BASE_PACKAGES[@]}"; fi
+  if [ "$mode" = accounting ]; then ensure_packages "${BASE_PACKAGES[@]}" "${ACCT_PACKAGES[@]}" "${PG_PACKAGES[@]}"
+  else ensure_packages "${BASE_PACKAGES[@]}" "${PG_PACKAGES[@]}"; fi
   clear_traffic_drop
   mark packages
   ensure_user; ensure_keys; write_site_env_script
@@ -743,6 +833,8 @@ cmd_start() {
   alive slurmd || start_slurmd
   wait_node_idle
   mark slurmd+node
+  ensure_postgres
+  mark postgres
   if [ -z "$LAUNCHED" ] && [ -s "$SITE_JSON" ] && [ "$old_mode" = "$mode" ]; then
     quick_probe_slurm   # everything was already up and verified by an earlier start
   else
@@ -751,7 +843,7 @@ cmd_start() {
   fi
   mark probe
   write_site_files
-  say "site up: ssh -i $CLIENT_KEY -o UserKnownHostsFile=$KNOWN_HOSTS -p $SSH_PORT $SITE_USER@127.0.0.1 (accounting: $([ "$mode" = accounting ] && echo on || echo off)); $SITE_JSON"
+  say "site up: ssh -i $CLIENT_KEY -o UserKnownHostsFile=$KNOWN_HOSTS -p $SSH_PORT $SITE_USER@127.0.0.1 (accounting: $([ "$mode" = accounting ] && echo on || echo off)); postgres 127.0.0.1:$PG_PORT (databases: ${PG_DATABASES[*]}); $SITE_JSON"
   print_timings
 }
 
@@ -786,14 +878,14 @@ cmd_stop() {
   stop_daemon condor_master
   clear_traffic_drop
   cancel_slurm_jobs
-  for d in slurmd slurmctld slurmdbd mariadb munged sshd; do stop_daemon "$d"; done
+  for d in postgres slurmd slurmctld slurmdbd mariadb munged sshd; do stop_daemon "$d"; done
   rm -f "$SITE_JSON" "$SITE_ENV"
   print_timings
 }
 
 cmd_status() {
   local d any=0 pid
-  for d in sshd munged mariadb slurmdbd slurmctld slurmd condor_master; do
+  for d in sshd munged mariadb slurmdbd slurmctld slurmd postgres condor_master; do
     if alive "$d"; then pid=$(pid_of "$d"); printf '%-14s running (pid %s)\n' "$d" "$pid"; any=1
     else printf '%-14s stopped\n' "$d"; fi
   done
@@ -1022,7 +1114,7 @@ cmd_start_condor() {
   mark packages+user
   install_condor
   mark install
-  local changed= policy
+  local changed='' policy
   policy=$(condor_policy_content)   # dies on a bad BATCHSITE_FLAVOUR_SCALE
   install -d -o "$SITE_USER" -g "$SITE_USER" -m 755 "$CONDOR_DIR"
   condor_config_content | write_if_changed "$CONDOR_CFG" && changed=1
