@@ -801,6 +801,10 @@ cmd_start() {
   mark packages
   ensure_user; ensure_keys; write_site_env_script
   mark user+keys
+  # the groups' chains (issue 12): /cvmfs, /eos, Calypso, pede and the groups' own job scripts as
+  # contract-checking stand-ins (tests/site/standins/README.md); idempotent
+  bash "$REPO/tests/site/standins/install.sh" / "$SITE_USER" >/dev/null
+  mark standins
   ensure_sshd
   mark sshd
   ensure_munged
