@@ -4,7 +4,9 @@ Airflow owns the iteration loop (iter01 .. iter10, replan between iterations); t
 site owns each iteration: on HTCondor one DAGMan DAG (a reco node per raw file, RETRY,
 the Millepede node as child of all), on Slurm an array + afterok job, locally the runner.
 Only ``site_conn_id`` changes. Remote layout as the group's dag_manager.py:
-``<work_dir>/Y{year}_R{run}_F{range}/iterNN/{1reco,2kfalignment,3millepede}``.
+``<work_dir>/Y{year}_R{run}_F{range}_ST{3|4}/iterNN/{1reco,2kfalignment,3millepede}``.
+With ``paths.src_dir`` (and the four environment paths) in config.json the jobs are the
+group's own ``templates/runAlignment.sh`` and ``runMillepede.sh``, run unchanged.
 """
 
 from __future__ import annotations
@@ -59,18 +61,17 @@ def faser_alignment():
 
         params = parse_params(_params())
         cfg = load_site_config(params.site_conn_id)
-        if params.cfg.uses_calypso:
-            # the real chain needs its env script and installs on the site: check before submitting
+        if params.cfg.uses_group_chain:
+            # the group's scripts, installs and initial constants must be on the site: check
+            # before submitting
             from batchsite.campaign.collect import existing_paths
             from batchsite.campaign.common import CampaignConfigError
             from batchsite.campaign.faser import missing_site_paths
             from batchsite.hooks.site import site_for_conn
 
-            paths = params.cfg.paths
             site = site_for_conn(cfg)
             try:
-                wanted = [x for x in (paths.env_script, paths.calypso_install, paths.pede_install) if x]
-                found = existing_paths(site, wanted)
+                found = existing_paths(site, list(params.cfg.group_paths.on_site().values()))
             finally:
                 site.close()
             missing = missing_site_paths(params, found)
@@ -79,25 +80,30 @@ def faser_alignment():
         files = params.file_numbers
         print(f"FASER alignment Y{params.year} R{params.run} files {params.files} -> {len(files)} raw files "
               f"({files[0]}..{files[-1]}, end exclusive), up to {params.iterations} iterations, "
-              f"{'4' if params.fourst else '3'}-station, "
-              f"payload: {'Calypso + pede' if params.cfg.uses_calypso else 'reference'}")
+              f"{params.stations}-station, "
+              f"payload: {'the group chain' if params.cfg.uses_group_chain else 'reference'}")
         return FaserSetup(params=params, remote_root=cfg.remote_root, python=cfg.python,
                           scheduler=cfg.scheduler).model_dump(mode="json")
 
     @task
     def stage(setup: dict) -> dict:
+        """The group's chain: every iteration's dirs and iteration 1's constants (their initial
+        file), as dag_manager.py; the reference payload: its code."""
         from batchsite.campaign.faser import FaserSetup
         from batchsite.hooks.site import site_from_conn_id
-        from batchsite.staging import Staging, payload_dir
 
-        params = FaserSetup.model_validate(setup).params
+        known = FaserSetup.model_validate(setup)
+        params = known.params
         site = site_from_conn_id(params.site_conn_id)
         try:
-            staging = Staging(site)
-            if params.cfg.uses_calypso:
-                print(staging.push_scripts(payload_dir("faser_calypso")))
+            if params.cfg.uses_group_chain:
+                from batchsite.campaign.faser_site import prepare_tree
+
+                print(f"iteration 1 constants: {prepare_tree(site, params, known.remote_root)}")
             else:
-                print(staging.push_tree_to(payload_dir("faser_reference"), "code/faser_reference"))
+                from batchsite.staging import Staging, payload_dir
+
+                print(Staging(site).push_tree_to(payload_dir("faser_reference"), "code/faser_reference"))
         finally:
             site.close()
         return setup
@@ -122,48 +128,70 @@ def faser_alignment():
 
         params = FaserSetup.model_validate(setup).params
         request = FaserRoundRequest.model_validate(round_request)
+        outputs = request.collect
         site = site_from_conn_id(params.site_conn_id)
         try:
-            summary = read_json(site, request.collect.summary)
+            if outputs.summary is None:  # the group's chain: measured from their constants files
+                from batchsite.campaign.faser_site import read_iteration
+
+                measured = read_iteration(site, outputs)
+            else:
+                summary = read_json(site, outputs.summary)
+                measured = {"done": summary is not None, "why": None if summary else f"no {outputs.summary}",
+                            **{k: (summary or {}).get(k) for k in ("max_rel_change", "residual_to_truth",
+                                                                   "chi2_ndf", "n_tracks")}}
         finally:
             site.close()
-        out = {**partition, "workdir": request.workdir, "done": summary is not None,
-               "why": None if summary else f"no {request.collect.summary}"}
-        if summary:
-            out.update({k: summary.get(k) for k in ("max_rel_change", "residual_to_truth", "chi2_ndf", "n_tracks")})
+        out = {**partition, "workdir": request.workdir, "why": None, **measured}
+        if submitted and not submitted.get("succeeded"):
+            # files of an earlier run of the same tree must not pass for this round's results
+            out.update(done=False, why=f"the round did not succeed ({submitted.get('decision')})")
         if submitted:
             out["rescues"] = submitted.get("rescues", 0)
         print(f"iter{partition['iteration']:02d}: {out}")
         return out
 
-    def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
+    def replan(results: list[dict], setup: dict, round_no: int) -> tuple[list[dict], str]:
         from batchsite.campaign.faser import FaserSetup, replan as plan
 
         nxt, reason = plan(FaserSetup.model_validate(setup).params, results)
         print(f"replan after iter{round_no:02d}: {reason}")
-        return nxt
+        return nxt, reason  # the reason goes to the campaign ledger
 
     @task(trigger_rule="none_failed")
     def report(setup: dict) -> dict:
-        """Convergence table from every iteration's alignment.json."""
+        """Convergence table: every iteration's largest relative change of the constants and
+        pede's chi2 (the group's chain: from their constants files and millepede.res/.log;
+        the reference payload: from its alignment.json)."""
         from batchsite.campaign.collect import read_json
-        from batchsite.campaign.faser import FaserSetup, iter_dir
+        from batchsite.campaign.faser import FaserSetup, group_outputs, iter_dir, tree_name
+        from batchsite.campaign.faser_site import read_iteration
         from batchsite.hooks.site import site_from_conn_id
 
         known = FaserSetup.model_validate(setup)
-        site = site_from_conn_id(known.params.site_conn_id)
+        params = known.params
+        site = site_from_conn_id(params.site_conn_id)
         rows = []
         try:
-            for it in range(1, known.params.iterations + 1):
-                summary = read_json(site, f"{iter_dir(known.params, known.remote_root, it)}/3millepede/alignment.json")
+            for it in range(1, params.iterations + 1):
+                if params.cfg.uses_group_chain:
+                    summary = read_iteration(site, group_outputs(params, known.remote_root, it))
+                    summary = summary if summary["done"] else None
+                else:
+                    summary = read_json(site, f"{iter_dir(params, known.remote_root, it)}/3millepede/alignment.json")
                 if summary is None:
                     break
                 rows.append({"iteration": it, **summary})
         finally:
             site.close()
+        print(f"FASER alignment {tree_name(params)}: {len(rows)} iteration(s)")
         for r in rows:
-            print(f"  iter{r['iteration']:02d}: max rel change {r.get('max_rel_change')}  "
-                  f"residual to truth {r.get('residual_to_truth')}  chi2/ndf {r.get('chi2_ndf')}")
+            chi2 = (f"chi2 {r['chi2']:.6g} / ndf {r['ndf']:.0f} = {r['chi2_ndf']:.6g}" if r.get("chi2") is not None
+                    else f"chi2/ndf {r.get('chi2_ndf')}")
+            change = r.get("max_rel_change")
+            print(f"  iter{r['iteration']:02d}: max rel change {'n/a' if change is None else format(change, '.3e')} "
+                  f"({r.get('max_rel_change_id') or r.get('max_rel_change_label')})  {chi2}"
+                  + (f"  residual to truth {r['residual_to_truth']}" if r.get("residual_to_truth") else ""))
         return {"iterations": rows}
 
     setup = stage(validate())

@@ -5,6 +5,9 @@ the previous replan emitted (FP: one; EXP: one per shift): prepare -> submit (ar
 generation batches + afterok aggregation, deferred) -> collect; then replan decides:
 repair missing batches, next step (maybe with more samples), or stop. Rounds after a stop
 are skipped. Only ``site_conn_id`` changes between the local, Slurm and HTCondor sites.
+The payload is batchsite's reference (default), or with the ``group`` Param the RG group's
+own Taskfarm scripts, run unchanged. The report prints the per-step z mean/std/peak and,
+for EXP, the critical exponent nu next to the published values.
 """
 
 from __future__ import annotations
@@ -32,11 +35,21 @@ PARAMS = {
     "tolerance": Param(0.02, type="number", exclusiveMinimum=0, title="Convergence tolerance (L1 of P(z))"),
     "fp_version": Param(None, type=["null", "string"], title="FP version seeding EXP (default: version)"),
     "time_minutes": Param(None, type=["null", "integer"], minimum=1, title="Time limit per job (min)"),
+    "mem_mb": Param(None, type=["null", "integer"], minimum=1, title="Memory per job (MB)"),
+    "max_samples": Param(10**8, type="integer", minimum=100, title="Samples per step at most",
+                         description="the replan doubles the samples while the change is within the noise, "
+                                     "up to this"),
+    "max_repairs": Param(2, type="integer", minimum=0, maximum=5, title="Repair rounds per step at most"),
     "code_dir": Param(None, type=["null", "string"], title="Your own source/ package (local dir)",
                       description="staged to <remote_root>/code/source instead of the reference payload"),
     "commands": Param(None, type=["null", "object"], title="Job command templates",
                       description='{"generate": [...argv...], "aggregate": [...]}; placeholders such as '
                                   '{python} {batch_root} {out_dir} {step} {batch} {samples} {seed} {input_hist}'),
+    "group": Param(None, type=["null", "object"], title="The group's own Taskfarm chain",
+                   description='run the group\'s rg_gen_batch.sh / rg_hist_manager.sh / gen_shifted_data.sh '
+                               'unchanged: {"repo_root": "/site/path/PX402-RGCC", "expr": "shaw", '
+                               '"env_script": "/site/path/rg-env.sh", "config": {...}}; see the README, '
+                               '"RG: run your own chain"'),
 }
 
 
@@ -69,19 +82,33 @@ def rg_campaign():
 
     @task
     def stage(setup: dict) -> dict:
-        """Push the payload to <remote_root>/code/source (only changed files)."""
-        from batchsite.campaign.rg import RGSetup
+        """Reference payload: push it to <remote_root>/code/source (only changed files).
+        Group chain: check the group's repository and job environment on the site, then write
+        the campaign's updated_config.yaml (CFG) and batchsite's job wrapper."""
+        from batchsite.campaign.collect import group_preflight
+        from batchsite.campaign.rg import RGSetup, group_wrapper_path
+        from batchsite.campaign.rg_group import WRAPPER
         from batchsite.hooks.site import site_from_conn_id
+        from batchsite.shellscripts import load
         from batchsite.staging import Staging, payload_dir
+        from batchsite.staging.transfer import put_text
 
-        params = RGSetup.model_validate(setup).params
-        code = params.code_dir or str(payload_dir("rg_reference"))
+        known = RGSetup.model_validate(setup)
+        params = known.params
         site = site_from_conn_id(params.site_conn_id)
         try:
-            report = Staging(site).push_code(code)
+            if params.group is None:
+                code = params.code_dir or str(payload_dir("rg_reference"))
+                print(f"staged {code} -> {known.remote_root}/code/source: {Staging(site).push_code(code)}")
+                return setup
+            group_preflight(site, params)
+            cfg = params.group_config_path(known.remote_root)
+            put_text(site.transport, cfg, params.group_config_text(), remote_root=known.remote_root)
+            put_text(site.transport, group_wrapper_path(known.remote_root), load("batchsite.campaign", WRAPPER),
+                     remote_root=known.remote_root, mode=0o755)
         finally:
             site.close()
-        print(f"staged {code} -> {setup['remote_root']}/code/source: {report}")
+        print(f"group chain: {params.group.repo_root} ({params.versionstr}); CFG {cfg}:\n{params.group_config_text()}")
         return setup
 
     @task
@@ -98,7 +125,7 @@ def rg_campaign():
             # EXP starts from the last fixed-point histogram of the FP run it names
             site = site_from_conn_id(params.site_conn_id)
             try:
-                fp_step = latest_fp_step(site, fp_hist_dir(known.remote_root, params))
+                fp_step = latest_fp_step(site, params, fp_hist_dir(known.remote_root, params))
             finally:
                 site.close()
             if fp_step is None:
@@ -124,45 +151,51 @@ def rg_campaign():
         params = known.params
         outputs = RGRoundRequest.model_validate(round_request).collect
         prev = None
-        if partition["step"] > 1:
+        if partition.get("phase", "rg") == "rg" and partition["step"] > params.first_step:
             prev = hist_path(out_dir(known.remote_root, params, partition["shift_index"]), params,
                              partition["step"] - 1)
+        every_batch = list(range(params.batches))
         site = site_from_conn_id(params.site_conn_id)
         try:
-            measured = collect_round(site, outputs, prev, list(range(params.batches)))
+            measured = collect_round(site, outputs, prev, every_batch)
         finally:
             site.close()
-        if submitted and submitted.get("failed_indices"):
-            measured["missing"] = sorted(set(measured["missing"]) | set(submitted["failed_indices"]))
+        if submitted and submitted.get("failed") and partition["batches"]:
+            from batchsite.model import expand_ranges  # the round's XCom carries index ranges
+
+            measured["missing"] = sorted(set(measured["missing"]) | set(expand_ranges(submitted["failed"])))
             measured["done"] = measured["done"] and not measured["missing"]
-        print(f"RG step {partition['step']}: done={measured['done']} missing={measured['missing']} "
-              f"z_mean={measured['z_mean']} z_std={measured['z_std']} L1={measured['distance']} "
+        print(f"{'perturbed start' if partition.get('phase') == 'perturb' else 'RG step'} {partition['step']}"
+              f"{'' if partition['shift'] is None else ' shift ' + str(partition['shift'])}: "
+              f"done={measured['done']} missing={measured['missing']} z_mean={measured['z_mean']} "
+              f"z_std={measured['z_std']} z_peak={measured['z_peak']} L1={measured['distance']} "
               f"noise={measured['noise']}")
         return {**partition, **measured}
 
-    def replan(results: list[dict], setup: dict, round_no: int) -> list[dict]:
+    def replan(results: list[dict], setup: dict, round_no: int) -> tuple[list[dict], str]:
         from batchsite.campaign.rg import RGSetup, replan as plan
 
         nxt, reason = plan(RGSetup.model_validate(setup).params, results)
         print(f"replan after round {round_no}: {reason}")
-        return nxt
+        return nxt, reason  # the reason goes to the campaign ledger
 
     @task(trigger_rule="none_failed")
     def report(setup: dict) -> dict:
-        """Per-step mean/std from the stats the aggregation jobs wrote; where the histograms are."""
-        from batchsite.campaign.collect import format_stats, step_stats
-        from batchsite.campaign.rg import RGSetup, output_dirs
+        """Per-step z mean/std/peak of every output dir from the normalised z histograms the
+        aggregation jobs wrote; for EXP the critical exponent nu, both ways, next to the
+        published values."""
+        from batchsite.campaign.collect import rg_summary
+        from batchsite.campaign.rg import RGSetup
         from batchsite.hooks.site import site_from_conn_id
 
         known = RGSetup.model_validate(setup)
         site = site_from_conn_id(known.params.site_conn_id)
         try:
-            rows = {d: step_stats(site, d) for d in output_dirs(known.remote_root, known.params)}
+            text, summary = rg_summary(site, known.params)
         finally:
             site.close()
-        for d, stats in rows.items():
-            print(format_stats(d, stats))
-        return {"outputs": rows}
+        print(text)
+        return summary
 
     setup = stage(validate())
     replans = round_loop(setup=setup, first=first_round(setup), prepare=prepare, collect=collect,

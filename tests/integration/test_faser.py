@@ -19,7 +19,7 @@ def test_faser_alignment_converges(site_info, condor_pool, airflow_home, schedul
     assert r.returncode == 0 and "state=success" in out, out[-6000:]
     assert "6 raw files (400..405, end exclusive)" in out
     assert "converged (largest relative change" in out
-    base = f"{work}/Y2023_R011705_F400-406"
+    base = f"{work}/Y2023_R011705_F400-406_ST3"
     ls = on_site(site_info, f"cd {base} && ls -d iter*/1reco iter*/2kfalignment iter*/3millepede").stdout.split()
     iters = sorted({p.split("/")[0] for p in ls})
     assert iters[:2] == ["iter01", "iter02"] and len(ls) == 3 * len(iters)
@@ -40,7 +40,7 @@ def test_faser_alignment_on_the_embedded_local_site(airflow_home, tmp_path, monk
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "state=success" in out, out[-6000:]
     assert "3 raw files (400..402, end exclusive)" in out
-    base = tmp_path / "site/faser/Y2023_R011705_F400-403"
+    base = tmp_path / "site/faser/Y2023_R011705_F400-403_ST3"
     assert (base / "iter01/3millepede/inputforalign.txt").stat().st_size > 0
     assert (base / "iter02/3millepede/millepede.res").exists()
 

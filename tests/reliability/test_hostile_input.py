@@ -64,12 +64,14 @@ PARAM_MODELS: dict[str, type[BaseModel]] = {"rg_campaign": rg.RGParams, "faser_a
 OBJECT_MODELS: dict[str, type[BaseModel]] = {"config": faser.FaserConfig}
 OBJECT_KEYS: dict[str, list[str]] = {"commands": sorted(rg.DEFAULT_COMMANDS)}
 
-#: a config.json with every field set to something valid (the calypso trio and EOS output on),
+#: a config.json with every field set to something valid (the group chain and EOS output on),
 #: so each hostile leaf is judged alone, not by a cross-field rule
 BENIGN_FASER_CONFIG = {
-    "paths": {"calypso_install": "/srv/faser/calypso/install", "pede_install": "/srv/faser/pede",
-              "env_script": "/srv/faser/reco_condor_env.sh", "work_dir": "/srv/faser/work",
-              "eos_output_dir": "/eos/user/f/faser/out"},
+    "paths": {"src_dir": "/srv/faser/faser-alignment-script", "calypso_asetup": "/srv/faser/calypso/asetup.faser",
+              "calypso_setup": "/srv/faser/calypso/install/setup.sh", "env_pede": "/srv/faser/pede",
+              "env_root": "/srv/faser/root/bin/thisroot.sh", "initial_constants": "/srv/faser/align_2022_3ST.txt",
+              "calypso_install": "/srv/faser/calypso/install", "pede_install": "/srv/faser/pede",
+              "work_dir": "/srv/faser/work", "eos_output_dir": "/eos/user/f/faser/out"},
     "htcondor": {"job_flavour": "longlunch", "request_cpus": 1, "request_memory_mb": 2000, "max_retries": 3,
                  "requirements": '(OpSysAndVer =?= "AlmaLinux9")', "spool": False, "maxidle": 100},
     "alignment": {"default_iterations": 10, "polling_interval_seconds": 300, "tracks_per_file": 2000},

@@ -22,7 +22,7 @@ KEY = job_key("faser_alignment", "dry-run", "iter01.submit", 0, 0)
 BASE = ["faser-align", "-y", "2023", "-r", "11705", "-i", "10"]
 
 
-def _round_dir(out: Path, tag: str = "Y2023_R011705_F400-450") -> Path:
+def _round_dir(out: Path, tag: str = "Y2023_R011705_F400-450_ST3") -> Path:
     return out / tag / "iter01" / "1reco" / KEY
 
 
@@ -62,9 +62,10 @@ def test_dry_run_writes_the_first_round_as_the_dag_would(tmp_path, capsys, files
     for sh in ("unit.sh", "fanin.sh", "submit.sh"):
         assert (d / sh).stat().st_mode & stat.S_IXUSR, sh
     assert "condor_submit_dag" in (d / "submit.sh").read_text()
-    # every path in the scripts points inside --out, in the seed's layout
-    unit = (d / "unit.sh").read_text()
-    assert f"{tmp_path}/Y2023_R011705_F400-450/iter01/2kfalignment" in unit
+    # every path in the scripts points inside --out, in the seed's layout (the units' commands
+    # are in the unit table beside unit.sh)
+    unit = (d / "units.tab").read_text()
+    assert f"{tmp_path}/Y2023_R011705_F400-450_ST3/iter01/2kfalignment" in unit
     assert "--raw-file 449 " in unit and "--raw-file 450 " not in unit
     # nothing but the round was written, and no temp files are left behind
     assert {p.parent for p in _all_files(tmp_path)} == {d}
@@ -89,7 +90,7 @@ def test_single_file_and_relative_out(tmp_path, capsys, monkeypatch):
     assert cli.main(["faser-align", "-y", "2023", "-r", "011705", "-f", "400"]) == 0  # --out defaults to cwd
     out = capsys.readouterr().out
     assert "files 400 -> 1 raw file 400" in out
-    dag = (_round_dir(tmp_path, "Y2023_R011705_F400") / f"{KEY}.dag").read_text()
+    dag = (_round_dir(tmp_path, "Y2023_R011705_F400_ST3") / f"{KEY}.dag").read_text()
     assert [ln.split()[1] for ln in dag.splitlines() if ln.startswith("JOB ")] == ["reco_00400", "fanin"]
 
 
@@ -97,7 +98,7 @@ def test_slurm_renders_an_sbatch_array(tmp_path, capsys):
     assert cli.main([*BASE, "-f", "400-450", "--scheduler", "slurm", "--out", str(tmp_path)]) == 0
     d = _round_dir(tmp_path)
     unit = (d / "unit.sh").read_text()
-    assert "#SBATCH --array=400-449\n" in unit
+    assert (d / "arrays.txt").read_text() == "0 400-449\n"  # one array: every index < MaxArraySize
     assert f"#SBATCH --job-name={KEY}\n" in unit
     assert "#SBATCH --job-name" in (d / "fanin.sh").read_text()
     assert "sbatch" in (d / "submit.sh").read_text()
@@ -107,7 +108,7 @@ def test_slurm_renders_an_sbatch_array(tmp_path, capsys):
 
 def test_local_scheduler_renders_the_runner(tmp_path, capsys):
     assert cli.main([*BASE, "-f", "400-403", "--scheduler", "local", "--out", str(tmp_path)]) == 0
-    d = _round_dir(tmp_path, "Y2023_R011705_F400-403")
+    d = _round_dir(tmp_path, "Y2023_R011705_F400-403_ST3")
     assert (d / "unit.sh").is_file() and (d / "submit.sh").is_file()
     assert "3 raw files 400..402 (end exclusive)" in capsys.readouterr().out
 
@@ -115,8 +116,9 @@ def test_local_scheduler_renders_the_runner(tmp_path, capsys):
 def test_config_json_work_dir_is_kept_in_the_scripts(tmp_path, capsys):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({
-        "paths": {"calypso_install": "/afs/u/calypso/install", "pede_install": "/afs/u/pede",
-                  "env_script": "/afs/u/reco_condor_env.sh", "work_dir": "/afs/u/alignment-work"},
+        "paths": {"src_dir": "/afs/u/faser-alignment-script", "calypso_asetup": "/afs/u/calypso/asetup.faser",
+                  "calypso_setup": "/afs/u/calypso/install/setup.sh", "env_pede": "/afs/u/pede",
+                  "env_root": "/cvmfs/root/bin/thisroot.sh", "work_dir": "/afs/u/alignment-work"},
         "htcondor": {"job_flavour": "workday", "requirements": '(OpSysAndVer =?= "AlmaLinux9")'},
         "alignment": {"default_iterations": 4},
     }))
@@ -126,13 +128,14 @@ def test_config_json_work_dir_is_kept_in_the_scripts(tmp_path, capsys):
                    "--config", str(cfg), "--out", str(out_dir)])
     out = capsys.readouterr().out
     assert rc == 0, out
-    d = _round_dir(out_dir, "Y2023_R011705_F400-402")
-    unit = (d / "unit.sh").read_text()
-    assert "runAlignment.sh /afs/u/reco_condor_env.sh 2023 011705 400 1 " \
-           "/afs/u/alignment-work/Y2023_R011705_F400-402/iter01/2kfalignment" in unit
+    d = _round_dir(out_dir, "Y2023_R011705_F400-402_ST4")
+    unit = (d / "units.tab").read_text()
+    assert "/afs/u/faser-alignment-script/templates/runAlignment.sh 2023 011705 4 00400 " \
+           "/afs/u/alignment-work/Y2023_R011705_F400-402_ST4/iter01/1reco " \
+           "/afs/u/alignment-work/Y2023_R011705_F400-402_ST4/iter01/2kfalignment" in unit
     sub = htcondor2.Submit((d / "unit.sub").read_text())
     assert sub["MY.JobFlavour"] == '"workday"' and sub["requirements"] == '(OpSysAndVer =?= "AlmaLinux9")'
-    assert "/afs/u/alignment-work/Y2023_R011705_F400-402/iter01/1reco/" in out
+    assert "/afs/u/alignment-work/Y2023_R011705_F400-402_ST4/iter01/1reco/" in out
     assert "up to 4 iterations, 4-station" in out and '"iterations":4' in out
 
 

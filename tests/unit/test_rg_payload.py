@@ -363,3 +363,29 @@ def test_cli_staged_as_source_package(tmp_path):
     p = run("source.aggregate", "--in-dir", str(work / "RG0"), "--out-dir", str(work / "out"),
             "--step", "0", "--batches", "2", "--type", "XYZ")
     assert p.returncode != 0 and "--type" in p.stderr
+
+
+# ---------------------------------------------------------------------------
+# the critical exponent of the reference payload at CI size (bench/rg_nu.py)
+# ---------------------------------------------------------------------------
+def test_reference_payload_nu_at_ci_size(capsys):
+    """FP (4 steps) then EXP (shifts 0, 0.3, 0.6; 3 steps) of 20000 samples per step, in
+    process with the campaign's own functions: a shift grows under the RG, and nu from the
+    z mean after n = 3 steps lands near the published 2.39 / 2.51 +/- 0.11 (CI size: a few
+    percent of statistical error; bench/rg_nu.py runs the bench size)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "rg_nu.py"
+    spec = importlib.util.spec_from_file_location("rg_nu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    text, rows = bench.run(samples=20_000, batches=4, fp_steps=4, exp_steps=3, shifts=[0.0, 0.3, 0.6], seed=2024,
+                           workers=1)
+    with capsys.disabled():
+        print("\nreference payload at CI size:\n" + text)
+    assert [(r.step, r.n) for r in rows] == [(1, 1), (2, 2), (3, 3)]
+    assert all(r.slope_mean > 1 and r.slope_peak > 1 for r in rows)
+    assert rows[-1].slope_mean > rows[0].slope_mean  # the shift keeps growing
+    assert 1.8 < rows[-1].nu_mean < 3.2 and 1.5 < rows[-1].nu_peak < 3.5
+    assert "published: 2.51 +/- 0.11" in text

@@ -2,10 +2,13 @@
 # What the campaigns read back from a site, one remote command per call (campaign/collect.py).
 # Usage: collect.sh <command> <args...>; paths come as arguments, never inside this text.
 #
-#   round <done.json> <batch root> <histogram> [<previous histogram>]
-#       sections (@@BATCHSITE <name> -): done = the DONE json, ready = the batch_NNN dirs
-#       holding READY, cur / prev = the histograms, base64
-#   step-stats <output dir>    every stats/DONE_RG*.json, one per line
+#   round <done.json> <batch root> <histogram> [<previous histogram> [<z histogram>]]
+#       sections (@@BATCHSITE <name> -): done = the DONE json, ready = the batch_* dirs
+#       holding READY, cur / prev / zhist = the histograms, base64
+#   step-hists reference|group <run dir>
+#       for every step with its DONE json and z histogram: sections `done <k>` (the json) and
+#       `zhist <k>` (base64); reference: stats/DONE_RG<k>.json + hist/z/, group: data/RG<k>/
+#   group-fp-steps <FP run dir>  the k of every data/RG<k> with DONE.json and its sym_z histogram
 #   read-json <path>           the file when it exists and is not empty, else nothing
 #   fp-steps <sym_z dir>       the names of the sym_z_hist_RG*.npz in it
 #   existing <path>...         those of the paths that exist, one per line
@@ -13,14 +16,35 @@ set -u
 cmd=$1; shift
 case $cmd in
   round)
-    done=$1; batches=$2; cur=$3; prev=${4:-}
-    echo "@@BATCHSITE done -"; [ -s "$done" ] && cat "$done"
+    done=$1; batches=$2; cur=$3; prev=${4:-}; zhist=${5:-}
+    # a DONE json written without a final newline must not swallow the next section marker
+    echo "@@BATCHSITE done -"; [ -s "$done" ] && { cat "$done"; echo; }
     echo "@@BATCHSITE ready -"; for d in "$batches"/batch_*; do [ -f "$d/READY" ] && basename "$d"; done
     echo "@@BATCHSITE cur -"; [ -s "$cur" ] && base64 "$cur"
     echo "@@BATCHSITE prev -"; [ -n "$prev" ] && [ -s "$prev" ] && base64 "$prev"
+    echo "@@BATCHSITE zhist -"; [ -n "$zhist" ] && [ -s "$zhist" ] && base64 "$zhist"
     ;;
-  step-stats)
-    for f in "$1"/stats/DONE_RG*.json; do [ -f "$f" ] && { cat "$f"; echo; }; done
+  step-hists)
+    mode=$1; run=$2
+    if [ "$mode" = group ]; then set -- "$run"/data/RG*; else set -- "$run"/stats/DONE_RG*.json; fi
+    for f; do
+      if [ "$mode" = group ]; then
+        k=${f##*/RG}; done_json="$f/DONE.json"; z="$f/hist/z/z_hist_RG$k.npz"
+      else
+        k=${f##*/DONE_RG}; k=${k%.json}; done_json=$f; z="$run/hist/z/z_hist_RG$k.npz"
+      fi
+      case $k in ""|*[!0-9]*) continue ;; esac
+      { [ -s "$done_json" ] && [ -s "$z" ]; } || continue
+      echo "@@BATCHSITE done $k"; cat "$done_json"; echo
+      echo "@@BATCHSITE zhist $k"; base64 "$z"
+    done
+    ;;
+  group-fp-steps)
+    for d in "$1"/data/RG*; do
+      k=${d##*/RG}
+      case $k in ""|*[!0-9]*) continue ;; esac
+      [ -s "$d/DONE.json" ] && [ -s "$d/hist/sym_z/sym_z_hist_RG$k.npz" ] && echo "$k"
+    done
     ;;
   read-json)
     [ -s "$1" ] && cat "$1"

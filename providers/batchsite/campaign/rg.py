@@ -1,15 +1,22 @@
-"""The RG campaign as plain Python: parameters, remote layout, rounds, replan, convergence.
+"""The RG campaign as plain Python: parameters, remote layout, rounds, replan, convergence, nu.
 
 A *round* runs one RG step for one or more partitions (FP: one; EXP: one per shift). Each
 partition is a Slurm array / DAG of generation batches plus the aggregation fan-in. After
 each round ``replan`` reads what the aggregation wrote (DONE.json, histograms) and decides:
 
 * some batches missing (failed, timed out, vanished) -> repair round for the SAME step with
-  only those batches; the others' outputs stay where they are;
+  only those batches; the others' outputs stay where they are; all batches there but no
+  aggregation -> a round of the aggregation alone;
 * FP and the z-histogram moved less than ``tolerance`` (L1) since the previous step ->
   converged: stop; later rounds are skipped;
 * the move is within the statistical noise of the histograms -> double the samples;
 * otherwise the next step, until ``steps``.
+
+Two payloads run this way: batchsite's reference payload (``include/rg_reference``, steps
+1..steps, or the member's own ``code_dir`` + ``commands``), and the group's own Taskfarm
+chain unchanged (Params ``group``, see ``rg_group``: steps 0..steps-1, an EXP run starting
+with the perturbed-data array). Histograms are compared as densities normalised to unit
+mass, whether a payload writes densities (the reference) or raw counts (the group).
 """
 
 from __future__ import annotations
@@ -23,6 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from batchsite.campaign.common import (
     SAFE_PATH, CampaignConfigError, CampaignSetup, check_argv_template, check_token, explain_validation, render_argv,
     short,
+)
+from batchsite.campaign.rg_group import (
+    GEN_SCRIPT, HIST_SCRIPT, PERTURB_SCRIPT, WRAPPER, RGGroupChain, geometry, job_argv, to_yaml, updated_config,
+)
+from batchsite.campaign.rg_layout import (
+    PERTURBED_STEP, group_hist, group_laundered_dir, group_perturbed_dir, group_run_dir, group_step_dir, shift_text,
+    version_string,
 )
 from batchsite.rounds import ResourceRequest, RoundRequest
 
@@ -74,6 +88,7 @@ class RGParams(BaseModel):
     mem_mb: int | None = Field(default=None, gt=0, le=MAX_MEMORY_MB)
     code_dir: str | None = None  # local dir of the group's own `source/` package (default: reference)
     commands: dict[str, list[str]] | None = None
+    group: RGGroupChain | None = None  # the group's own Taskfarm chain, run unchanged (see rg_group)
 
     @field_validator("version", "fp_version", "site_conn_id")
     @classmethod
@@ -135,7 +150,68 @@ class RGParams(BaseModel):
             raise ValueError("shifts are only used with type=EXP; leave shifts empty for FP")
         if self.max_samples < self.samples:
             raise ValueError("max_samples must be >= samples")
+        if self.group is not None:
+            if self.code_dir is not None or self.commands is not None:
+                raise ValueError("group runs the group's own Taskfarm scripts: leave code_dir and commands unset "
+                                 "(they replace the reference payload's commands, which group mode does not use)")
+            if self.samples % self.batches:
+                raise ValueError(f"samples={self.samples} must be divisible by batches={self.batches}: the group's "
+                                 "scripts make batches of N / (SLURM_ARRAY_TASK_MAX + 1) samples")
+            if self.type == "EXP" and self.group.symmetrise == 1:
+                raise ValueError("group.symmetrise=1 with type=EXP would symmetrise the shift away; use 0 (default)")
         return self
+
+    @property
+    def first_step(self) -> int:
+        """The group's steps start at 0 (step 0 already applies the RG unit once); the
+        reference payload's at 1 (its step 0 would be the starting distribution)."""
+        return 0 if self.group is not None else 1
+
+    @property
+    def last_step(self) -> int:
+        return self.first_step + self.steps - 1
+
+    def rg_applications(self, step: int) -> int:
+        """How many times the RG unit has been applied to the shifted distribution after
+        ``step``: the n of nu = ln(2^n) / ln|slope_n|."""
+        return step - self.first_step + 1
+
+    @property
+    def versionstr(self) -> str:
+        """The group's VERSIONSTR ({version}_{method}_{expr}); group mode only."""
+        return version_string(self.version, self.method, self._chain.expr)
+
+    @property
+    def fp_versionstr(self) -> str:
+        return version_string(self.fp_version or self.version, self.method, self._chain.expr)
+
+    @property
+    def symmetrise(self) -> int:
+        chain = self._chain
+        return chain.symmetrise if chain.symmetrise is not None else int(self.type == "FP")
+
+    @property
+    def _chain(self) -> RGGroupChain:
+        if self.group is None:
+            raise CampaignConfigError("this needs the group's chain (Params group)")
+        return self.group
+
+    def group_config_path(self, remote_root: str) -> str:
+        """Where the campaign writes CFG (``updated_config.yaml``; RG_CONFIG points at it)."""
+        return f"{remote_root}/job_configs/{self.versionstr}/{self.type}/updated_config.yaml"
+
+    def group_config_text(self) -> str:
+        """CFG: the member's ``group.config`` with this run's Params written into it."""
+        chain = self._chain
+        run: dict[tuple[str, str], Any] = {
+            ("main", "version"): self.version, ("main", "type"): self.type.lower(),
+            ("engine", "method"): self.method, ("engine", "expr"): chain.expr, ("engine", "symmetrise"): self.symmetrise,
+            ("rg_settings", "seed"): self.seed, ("rg_settings", "steps"): self.steps,
+            ("rg_settings", "samples"): self.samples,
+        }
+        if self.type == "EXP":
+            run[("data_settings", "shifts")] = list(self.shifts)
+        return to_yaml(updated_config(chain.config, run))
 
 
 class RGSetup(CampaignSetup):
@@ -152,6 +228,11 @@ def parse_params(raw: dict[str, Any]) -> RGParams:
 # ---------------------------------------------------------------------------- layout
 
 def out_dir(root: str, params: RGParams, shift_index: int | None) -> str:
+    """One partition's output dir: the reference layout under ``root``, or the group's own
+    (``job_outputs/{version}_{method}_{expr}/{FP|EXP/shift_<value>}`` under their repository)."""
+    if params.group is not None:
+        shift = None if shift_index is None else params.shifts[shift_index]
+        return group_run_dir(params.group.repo_root, params.versionstr, params.type, shift)
     base = f"{root}/job_outputs/{params.version}/{params.type}"
     return base if shift_index is None else f"{base}/shift{shift_index}"
 
@@ -162,18 +243,36 @@ def output_dirs(root: str, params: RGParams) -> list[str]:
     return [out_dir(root, params, i) for i in range(len(params.shifts))]
 
 
-def log_dir(root: str, params: RGParams, shift_index: int | None, step: int) -> str:
-    base = f"{root}/job_logs/{params.version}/{params.type}"
-    if shift_index is not None:
-        base += f"/shift{shift_index}"
-    return f"{base}/RG{step}"
+def output_shifts(params: RGParams) -> list[float | None]:
+    """The shift of each of ``output_dirs`` (None for FP)."""
+    return [None] if params.type == "FP" else list(params.shifts)
+
+
+def log_dir(root: str, params: RGParams, shift_index: int | None, step: int | str) -> str:
+    """Where a round's scripts, scheduler logs and exit files go (always under ``root``)."""
+    if params.group is not None:
+        base = f"{root}/job_logs/{params.versionstr}/{params.type}"
+        if shift_index is not None:
+            base += f"/shift_{shift_text(params.shifts[shift_index])}"
+    else:
+        base = f"{root}/job_logs/{params.version}/{params.type}"
+        if shift_index is not None:
+            base += f"/shift{shift_index}"
+    return f"{base}/{step if isinstance(step, str) else f'RG{step}'}"
 
 
 def hist_path(out: str, params: RGParams, step: int) -> str:
-    """The histogram the NEXT step samples from: symmetrised for FP, plain z for EXP."""
-    if params.type == "FP":
-        return f"{out}/hist/sym_z/sym_z_hist_RG{step}.npz"
-    return f"{out}/hist/z/z_hist_RG{step}.npz"
+    """The histogram the convergence test compares: the one the NEXT step samples from
+    (symmetrised for FP, plain z for EXP)."""
+    kind = "sym_z" if params.type == "FP" else "z"
+    if params.group is not None:
+        return group_hist(out, step, kind)
+    return f"{out}/hist/{kind}/{kind}_hist_RG{step}.npz"
+
+
+def z_hist_path(out: str, params: RGParams, step: int) -> str:
+    """The plain z histogram of a step (z mean, std and peak are read from it)."""
+    return group_hist(out, step, "z") if params.group is not None else f"{out}/hist/z/z_hist_RG{step}.npz"
 
 
 def fp_seed_hist(root: str, params: RGParams, fp_step: int) -> str:
@@ -181,7 +280,10 @@ def fp_seed_hist(root: str, params: RGParams, fp_step: int) -> str:
 
 
 def fp_hist_dir(root: str, params: RGParams) -> str:
-    """Where the FP run that seeds an EXP run keeps its symmetrised histograms."""
+    """Where the FP run that seeds an EXP run keeps its symmetrised histograms (reference
+    layout; in the group's layout, the FP run dir: one ``data/RG{k}/hist/sym_z`` per step)."""
+    if params.group is not None:
+        return group_run_dir(params.group.repo_root, params.fp_versionstr, "FP", None)
     return f"{root}/job_outputs/{params.fp_version or params.version}/FP/hist/sym_z"
 
 
@@ -192,12 +294,14 @@ def initial_partitions(params: RGParams, fp_step: int | None = None) -> list[dic
     shifts: list[tuple[int | None, float | None]] = (
         [(None, None)] if params.type == "FP" else list(enumerate(params.shifts))
     )
+    # the group's EXP run starts with the array that writes the shifted FP samples (data/Initial)
+    phase = "perturb" if params.group is not None and params.type == "EXP" else "rg"
     parts = []
     for si, s in shifts:
         parts.append({
-            "step": 1, "shift_index": si, "shift": s, "batches": list(range(params.batches)),
-            "samples_per_batch": per_batch, "repair": 0, "input_step": fp_step if params.type == "EXP" else None,
-            "history": [],
+            "phase": phase, "step": params.first_step, "shift_index": si, "shift": s,
+            "batches": list(range(params.batches)), "samples_per_batch": per_batch, "repair": 0,
+            "input_step": fp_step if params.type == "EXP" else None, "history": [],
         })
     return parts
 
@@ -207,10 +311,14 @@ class RGOutputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    layout: Literal["reference", "group"] = "reference"
+    phase: Literal["rg", "perturb"] = "rg"
     out_dir: str
-    batch_root: str
-    done_json: str  # stats/DONE_RG{step}.json, written by the aggregation last
-    hist: str  # the histogram the next step samples from
+    batch_root: str  # the batch_* dirs (perturb: the dir of the perturbed_t files)
+    done_json: str  # reference: stats/DONE_RG{step}.json; group: data/RG{step}/DONE.json; written last
+    hist: str  # the histogram the convergence test compares (the next step samples from it)
+    z_hist: str | None = None  # the plain z histogram: z mean, std and peak
+    n_total: int | None = None  # samples of the step (the group's DONE.json must say the same)
 
 
 class RGRoundRequest(RoundRequest):
@@ -218,7 +326,10 @@ class RGRoundRequest(RoundRequest):
 
 
 def round_request(params: RGParams, part: dict[str, Any], *, remote_root: str, python: str) -> RGRoundRequest:
-    """What the round operator submits for one partition (units + aggregation fan-in)."""
+    """What the round operator submits for one partition (units + aggregation fan-in); a
+    partition with no batches left runs the aggregation alone (its batches are all there)."""
+    if params.group is not None:
+        return group_round_request(params, part, remote_root=remote_root)
     si, step = part["shift_index"], part["step"]
     out = out_dir(remote_root, params, si)
     batch_root = f"{out}/batches/RG{step}"
@@ -237,26 +348,122 @@ def round_request(params: RGParams, part: dict[str, Any], *, remote_root: str, p
               "initial": 1 if input_hist is None else 0}  # the group's data_generation INITIAL flag
     units = [{"index": b, "argv": render_argv(cmds["generate"], {**common, "batch": b})}
              for b in part["batches"]]
-    label = f"RG step {step}" + (f" shift {part['shift']}" if si is not None else "")
-    if part["repair"]:
-        label += f" (repair {part['repair']}: batches {part['batches']})"
+    aggregate = render_argv(cmds["aggregate"], {**common, "batch": None})
+    resources = ResourceRequest(time_minutes=params.time_minutes, mem_mb=params.mem_mb)
     return RGRoundRequest(
-        units=units,
-        fanin=render_argv(cmds["aggregate"], {**common, "batch": None}),
-        label=label,
+        **_units_and_fanin(units, aggregate, resources, None),
+        label=_label(params, part),
         workdir=log_dir(remote_root, params, si, step),
         cwd=f"{remote_root}/code",
-        throttle=min(params.throttle, len(part["batches"])),
-        resources=ResourceRequest(time_minutes=params.time_minutes, mem_mb=params.mem_mb),
+        throttle=min(params.throttle, max(1, len(part["batches"]))),
         collect=RGOutputs(out_dir=out, batch_root=batch_root, done_json=f"{out}/stats/DONE_RG{step}.json",
-                          hist=hist_path(out, params, step)),
+                          hist=hist_path(out, params, step), z_hist=z_hist_path(out, params, step)),
     )
+
+
+def _label(params: RGParams, part: dict[str, Any]) -> str:
+    what = "perturbed start (gen_shifted_data)" if part.get("phase") == "perturb" else f"RG step {part['step']}"
+    label = what + (f" shift {part['shift']}" if part["shift_index"] is not None else "")
+    if part["repair"]:
+        label += (f" (repair {part['repair']}: batches {part['batches']})" if part["batches"]
+                  else f" (repair {part['repair']}: aggregation only)")
+    return label
+
+
+def _units_and_fanin(units: list[dict[str, Any]], aggregate: list[str], unit_res: ResourceRequest,
+                     aggregate_res: ResourceRequest | None) -> dict[str, Any]:
+    """Generation units with the aggregation as fan-in, or, when no batch is left to generate,
+    the aggregation alone as the round's one unit. ``aggregate_res`` None: as the units."""
+    if units:
+        return {"units": units, "fanin": aggregate, "resources": unit_res, "fanin_resources": aggregate_res}
+    return {"units": [{"index": 0, "argv": aggregate}], "fanin": None, "resources": aggregate_res or unit_res}
+
+
+def group_round_request(params: RGParams, part: dict[str, Any], *, remote_root: str) -> RGRoundRequest:
+    """The group's scripts for one partition: the gen_shifted_data array (phase perturb), or
+    step k's rg_gen_batch array + afterok rg_hist_manager (phase rg). Each job through the
+    wrapper, which presents the full array geometry (batch t of 0..batches-1)."""
+    chain = params.group
+    assert chain is not None
+    si, k, nb = part["shift_index"], part["step"], params.batches
+    run = out_dir(remote_root, params, si)
+    n_total = part["samples_per_batch"] * nb
+    cfg = params.group_config_path(remote_root)
+    wrapper = group_wrapper_path(remote_root)
+    shift_arg = [shift_text(part["shift"])] if params.type == "EXP" else []
+    common = {"label": _label(params, part), "cwd": chain.scripts, "env": {**chain.job_env, "RG_CONFIG": cfg},
+              "throttle": min(params.throttle, max(1, len(part["batches"])))}
+    gen_res = ResourceRequest(time_minutes=chain.gen_time_minutes, mem_mb=chain.mem_per_cpu_mb)
+    if part["phase"] == "perturb":
+        fp_hist = group_hist(fp_hist_dir(remote_root, params), part["input_step"], "sym_z")
+        args = [cfg, params.versionstr, str(n_total), fp_hist, PERTURBED_STEP, str(params.seed), *shift_arg]
+        units = [{"index": t, "argv": job_argv(chain, wrapper, geometry(t, nb), PERTURB_SCRIPT, args)}
+                 for t in part["batches"]]
+        res = ResourceRequest(time_minutes=chain.perturb_time_minutes, mem_mb=chain.mem_per_cpu_mb)
+        return RGRoundRequest(
+            units=units, resources=res, workdir=log_dir(remote_root, params, si, PERTURBED_STEP), **common,
+            collect=RGOutputs(layout="group", phase="perturb", out_dir=run, batch_root=group_perturbed_dir(run),
+                              done_json="", hist=fp_hist, n_total=n_total))
+    initial = int(params.type == "FP" and k == 0)
+    existing = "" if initial else (group_perturbed_dir(run) if k == 0 else group_laundered_dir(run, k - 1))
+    gen_args = [cfg, params.type, params.versionstr, str(n_total), str(k), str(params.seed), params.method,
+                chain.expr, str(initial), existing, *shift_arg]
+    hist_args = [cfg, params.type, params.versionstr, str(n_total), str(k), str(params.seed),
+                 str(params.symmetrise), *shift_arg]
+    units = [{"index": t, "argv": job_argv(chain, wrapper, geometry(t, nb), GEN_SCRIPT, gen_args)}
+             for t in part["batches"]]
+    hist_res = ResourceRequest(time_minutes=chain.hist_time_minutes, mem_mb=chain.mem_per_cpu_mb)
+    return RGRoundRequest(
+        **_units_and_fanin(units, job_argv(chain, wrapper, "-", HIST_SCRIPT, hist_args), gen_res, hist_res),
+        workdir=log_dir(remote_root, params, si, k), **common,
+        collect=RGOutputs(layout="group", out_dir=run, batch_root=f"{group_step_dir(run, k)}/batches",
+                          done_json=f"{group_step_dir(run, k)}/DONE.json", hist=hist_path(run, params, k),
+                          z_hist=z_hist_path(run, params, k), n_total=n_total))
+
+
+def group_wrapper_path(remote_root: str) -> str:
+    """Where the stage task puts ``rg_group_job.sh`` on the site."""
+    return f"{remote_root}/code/batchsite/{WRAPPER}"
 
 
 # ---------------------------------------------------------------------------- convergence
 
+def normalised(vals: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The density of a histogram with unit mass, whether ``vals`` are raw counts (the group's
+    ``histval``) or already a density (the reference payload's): every comparison, noise
+    floor and moment below reads densities. Raw counts read as densities made the L1 metric
+    ~158 instead of ~0.04."""
+    vals = np.asarray(vals, dtype=float)
+    width = np.diff(np.asarray(edges, dtype=float))
+    if vals.ndim != 1 or width.shape != vals.shape or np.any(width <= 0):
+        raise ValueError(f"a histogram needs len(binedges) = len(histval) + 1 increasing edges "
+                         f"(got {vals.shape} values, {len(edges)} edges)")
+    mass = float(np.sum(vals * width))
+    if not math.isfinite(mass) or mass <= 0 or np.any(vals < 0):
+        raise ValueError("a histogram with no (or negative) mass cannot be normalised")
+    return vals / mass
+
+
+def z_moments(vals: np.ndarray, edges: np.ndarray, peak_fraction: float = 0.05) -> dict[str, float]:
+    """z mean, std and peak of a z histogram (counts or density).
+
+    The peak is the height-weighted centre of the highest ``peak_fraction`` of the bins, as
+    the group locates it (they fit a Gaussian to samples of those bins): robust to the noise
+    of single bins, and on a smooth unimodal density it sits at the mode."""
+    edges = np.asarray(edges, dtype=float)
+    dens = normalised(vals, edges)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    prob = dens * np.diff(edges)
+    mean = float(np.sum(prob * centres))
+    std = float(math.sqrt(max(0.0, float(np.sum(prob * (centres - mean) ** 2)))))
+    top = np.argsort(dens)[-max(3, int(peak_fraction * len(dens))):]
+    peak = float(np.sum(dens[top] * centres[top]) / np.sum(dens[top]))
+    return {"z_mean": mean, "z_std": std, "z_peak": peak}
+
 def hist_l1(a_vals: np.ndarray, a_edges: np.ndarray, b_vals: np.ndarray, b_edges: np.ndarray) -> float:
-    """L1 distance between two densities, re-binned onto the union of their edges."""
+    """L1 distance between two histograms (counts or densities), each normalised to unit mass
+    and re-binned onto the union of their edges: 0 for equal shapes, at most 2."""
+    a_vals, b_vals = normalised(a_vals, a_edges), normalised(b_vals, b_edges)
     edges = np.union1d(a_edges, b_edges)
     mids = 0.5 * (edges[:-1] + edges[1:])
     width = np.diff(edges)
@@ -284,8 +491,8 @@ def coarsen(vals: np.ndarray, edges: np.ndarray, target_bins: int = 100) -> tupl
 
 def noise_floor(vals: np.ndarray, edges: np.ndarray, n_samples: int) -> float:
     """Expected L1 distance between two independent histograms of ``n_samples`` each drawn
-    from this density: sum_i E|p_i - q_i| ~ 2/sqrt(pi N) * sum_i sqrt(P_i)."""
-    prob = np.clip(vals * np.diff(edges), 0, None)
+    from this histogram's law (counts or density): sum_i E|p_i - q_i| ~ 2/sqrt(pi N) * sum_i sqrt(P_i)."""
+    prob = np.clip(normalised(vals, edges) * np.diff(edges), 0, None)
     return float(2.0 / math.sqrt(math.pi * max(n_samples, 1)) * np.sum(np.sqrt(prob)))
 
 
@@ -300,20 +507,32 @@ def replan(params: RGParams, results: list[dict[str, Any]]) -> tuple[list[dict[s
     reasons = []
     for r in sorted(results, key=lambda r: (r["shift_index"] is not None, r["shift_index"] or 0)):
         tag = "FP" if r["shift_index"] is None else f"shift {r['shift']}"
+        phase = r.get("phase", "rg")
         base = {k: r[k] for k in ("step", "shift_index", "shift", "samples_per_batch", "input_step")}
+        base["phase"] = phase
+        what = f"{tag} perturbed start" if phase == "perturb" else f"{tag} RG step {r['step']}"
         history = list(r.get("history", []))
         if not r["done"]:
-            missing = r["missing"] or r["batches"]
+            # only the missing batches; none missing: the aggregation alone (the batches are there,
+            # and the group's aggregation of step k deletes step k-1's inputs only once it succeeded)
+            missing = r["missing"]
             if r["repair"] >= params.max_repairs:
                 raise CampaignConfigError(
-                    f"{tag} RG step {r['step']}: batches {missing} still missing after {r['repair']} "
-                    f"repair round(s) (max_repairs={params.max_repairs}); see the logs of those batches")
+                    f"{what}: {f'batches {missing} still missing' if missing else 'aggregation still failing'} "
+                    f"after {r['repair']} repair round(s) (max_repairs={params.max_repairs}); see the logs of "
+                    "that round")
             nxt.append({**base, "batches": missing, "repair": r["repair"] + 1, "history": history})
-            reasons.append(f"{tag} RG step {r['step']}: {len(missing)} batch(es) missing -> repair {missing}")
+            reasons.append(f"{what}: {len(missing)} batch(es) missing -> repair {missing}" if missing
+                           else f"{what}: batches complete, aggregation missing -> rerun the aggregation only")
             continue
-        history.append({"step": r["step"], "z_mean": r["z_mean"], "z_std": r["z_std"],
+        if phase == "perturb":
+            nxt.append({**base, "phase": "rg", "step": params.first_step, "batches": list(range(params.batches)),
+                        "repair": 0, "history": history})
+            reasons.append(f"{what} done -> RG step {params.first_step}")
+            continue
+        history.append({"step": r["step"], "z_mean": r["z_mean"], "z_std": r["z_std"], "z_peak": r.get("z_peak"),
                         "samples": r["samples"], "distance": r["distance"], "noise": r["noise"]})
-        if r["step"] >= params.steps:
+        if r["step"] >= params.last_step:
             reasons.append(f"{tag}: all {params.steps} steps done")
             continue
         d, noise = r["distance"], r["noise"]
@@ -330,3 +549,78 @@ def replan(params: RGParams, results: list[dict[str, Any]]) -> tuple[list[dict[s
                     "samples_per_batch": per_batch, "history": history})
         reasons.append(f"{tag}: RG step {r['step']} done ({why})")
     return nxt, "; ".join(reasons)
+
+
+# ---------------------------------------------------------------------------- the critical exponent
+
+#: published values of nu for the Chalker-Coddington network, next to which the report prints ours
+PUBLISHED_NU: tuple[tuple[str, float, float | None], ...] = (
+    ("small-cell RG (Galstyan & Raikh 1997; Cain, Roemer & Raikh 2003)", 2.39, None),
+    ("Shaw & Roemer 2024 (arXiv:2404.00660)", 2.51, 0.11),
+)
+#: the RG unit doubles the length scale: after n steps a shift z0 has grown to z0 * (2^n)^(1/nu)
+LENGTH_FACTOR = 2.0
+
+
+class NuRow(BaseModel):
+    """nu after ``n`` applications of the RG unit, from the z peak and from the z mean."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: int
+    n: int
+    shifts: list[float]
+    slope_peak: float
+    slope_mean: float
+    nu_peak: float | None  # None when |slope| <= 1: the shift did not grow, nu is undefined
+    nu_mean: float | None
+
+
+def nu_from_slope(slope: float, n: int) -> float | None:
+    """nu = ln(2^n) / ln|slope_n|; None when |slope| <= 1 (no growth: no finite nu)."""
+    if not math.isfinite(slope) or abs(slope) <= 1.0 or n < 1:
+        return None
+    return n * math.log(LENGTH_FACTOR) / math.log(abs(slope))
+
+
+def critical_exponent(params: RGParams, per_shift: dict[float, dict[int, dict[str, float]]]) -> list[NuRow]:
+    """nu for every step that all shifts reached, both ways the group computes it.
+
+    ``per_shift[shift][step]`` holds ``z_peak`` and ``z_mean`` of that step's z histogram.
+    slope_n is the linear-fit slope of the z peak (z mean) after n RG steps against the
+    applied shift, each value taken relative to the shift-0 run when there is one (its drift
+    is not the shift's doing). At least two distinct shifts are needed."""
+    shifts = sorted(per_shift)
+    if len(shifts) < 2:
+        return []
+    common = set.intersection(*(set(per_shift[s]) for s in shifts))
+    rows = []
+    for step in sorted(common):
+        x = np.array(shifts, dtype=float)
+        slopes = {}
+        for key in ("z_peak", "z_mean"):
+            y = np.array([per_shift[s][step][key] for s in shifts], dtype=float)
+            if 0.0 in per_shift:
+                y = y - per_shift[0.0][step][key]
+            slopes[key] = float(np.polyfit(x, y, 1)[0])
+        n = params.rg_applications(step)
+        rows.append(NuRow(step=step, n=n, shifts=shifts, slope_peak=slopes["z_peak"], slope_mean=slopes["z_mean"],
+                          nu_peak=nu_from_slope(slopes["z_peak"], n), nu_mean=nu_from_slope(slopes["z_mean"], n)))
+    return rows
+
+
+def format_nu(rows: list[NuRow]) -> str:
+    """The nu report: one line per n, then the published values."""
+    if not rows:
+        return "critical exponent nu: n/a (needs an EXP run with at least two shifts and a finished step)"
+
+    def show(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else "n/a (|slope| <= 1)"
+
+    lines = [f"critical exponent nu = ln(2^n) / ln|slope_n|, shifts {rows[0].shifts}:"]
+    for r in rows:
+        lines.append(f"  RG step {r.step} (n={r.n}): slope(z peak) {r.slope_peak:.4f} -> nu {show(r.nu_peak)};  "
+                     f"slope(z mean) {r.slope_mean:.4f} -> nu {show(r.nu_mean)}")
+    for name, value, err in PUBLISHED_NU:
+        lines.append(f"  published: {value}{f' +/- {err}' if err is not None else ''}  ({name})")
+    return "\n".join(lines)

@@ -51,3 +51,49 @@ def pull_plan(kind: str, version: str, run_type: str) -> tuple[tuple[str, ...], 
         return ("job_outputs", version, run_type), None
     patterns = ["hist/**"] + (["shift*/hist/**"] if run_type == "EXP" else [])
     return ("job_outputs", version, run_type), patterns
+
+
+# ---------------------------------------------------------------------------- the group's own layout
+
+#: the ``STEP`` argument of the group's ``gen_shifted_data.sh``: the perturbed start of an EXP run
+PERTURBED_STEP = "Initial"
+
+
+def shift_text(shift: float) -> str:
+    """How a shift appears in the group's folder names and arguments (``shift_0.003``): the
+    shortest text that reads back as the same float, as their shift lists are written."""
+    return repr(float(shift))
+
+
+def version_string(version: str, method: str, expr: str) -> str:
+    """The group's ``VERSIONSTR``: ``{version}_{method}_{expr}``, the name of the output tree."""
+    return f"{version}_{method}_{expr}"
+
+
+def group_run_dir(repo_root: str, versionstr: str, run_type: str, shift: float | None) -> str:
+    """``<repo root>/job_outputs/{versionstr}/{FP | EXP/shift_<value>}``: where the group's
+    scripts write one run (FP) or one shift of an EXP run."""
+    base = f"{repo_root}/job_outputs/{versionstr}/{check_run_type(run_type)}"
+    return base if shift is None else f"{base}/shift_{shift_text(shift)}"
+
+
+def group_step_dir(run_dir: str, step: int) -> str:
+    return f"{run_dir}/data/RG{step}"
+
+
+def group_hist(run_dir: str, step: int, kind: str) -> str:
+    """One of the histograms ``rg_hist_manager.sh`` writes for step k: kind t, z, sym_z or input_t."""
+    return f"{group_step_dir(run_dir, step)}/hist/{kind}/{kind}_hist_RG{step}.npz"
+
+
+def group_laundered_dir(run_dir: str, step: int) -> str:
+    """The input of step k+1 (``t_laundered_RG{k}_batch_{t}.npy``), deleted once step k+1 is histogrammed."""
+    return f"{group_step_dir(run_dir, step)}/laundered"
+
+
+def group_perturbed_dir(run_dir: str) -> str:
+    return f"{run_dir}/data/{PERTURBED_STEP}"
+
+
+def group_perturbed_file(run_dir: str, shift: float, batch: int) -> str:
+    return f"{group_perturbed_dir(run_dir)}/perturbed_t_shift_{shift_text(shift)}_batch_{batch}.npy"
