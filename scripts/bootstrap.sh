@@ -9,19 +9,19 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.batchsite-installed"
 if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
-  "$venv/bin/pip" install -q --disable-pip-version-check \
-    "apache-airflow==3.3.2" "apache-airflow-providers-ssh==7.0.1" \
-    "apache-airflow-providers-postgres" "apache-airflow-providers-standard" \
-    "htcondor==25.13.2" -e "$repo[test]"
   # the distribution was renamed from apache-airflow-providers-batchsite (a name Airflow reserves
   # for its own providers: its coherence check then drops our hook). pip does not know the two are
-  # one package, so the old metadata would register the provider a second time under the old
-  # name; remove it after the new one is in place (no moment without an importable batchsite).
+  # one package: remove the old one FIRST, because uninstalling it afterwards would also delete
+  # the `batchsite` console script the new one just installed.
   if "$venv/bin/python" -c 'import importlib.metadata as m, sys; m.distribution(sys.argv[1])' \
       apache-airflow-providers-batchsite 2>/dev/null; then
     "$venv/bin/pip" uninstall -q -y --disable-pip-version-check apache-airflow-providers-batchsite
   fi
   # its setuptools build metadata in the repo root is found too whenever the root is on sys.path
   rm -rf "$repo/apache_airflow_providers_batchsite.egg-info"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    "apache-airflow==3.3.2" "apache-airflow-providers-ssh==7.0.1" \
+    "apache-airflow-providers-postgres" "apache-airflow-providers-standard" \
+    "htcondor==25.13.2" -e "$repo[test]"
   touch "$stamp"
 fi

@@ -1,6 +1,7 @@
 """``batchsite`` command line.
 
-* ``rg-summary``: per-step z mean/std of an RG campaign and where its histograms are;
+* ``rg-summary``: per-step z mean/std/peak of an RG campaign, where its histograms are, and
+  for EXP the critical exponent nu;
 * ``faser-align``: the group's ``dag_manager.py`` flags (``-y -r -f -i --fourst --threest
   --config --submit``) on top of the ``faser_alignment`` Airflow DAG. Without ``--submit``
   it is a dry run: it validates the Params exactly as the DAG does (``faser.parse_params``),
@@ -9,6 +10,8 @@
   ``<out>/Y{year}_R{run}_F{range}/iter01/1reco/<key>/``. Nothing is submitted and nothing
   remote is touched. With ``--submit`` it triggers the DAG through the Airflow CLI of this
   python environment.
+* ``campaigns list`` / ``campaigns show <run>``: the campaign ledger (``batchsite.ledger``):
+  campaigns, their rounds with counts, states, exit codes and timestamps, and the decisions.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ FASER_FIRST_TASK = "iter01.submit"
 # ---------------------------------------------------------------------------- rg-summary
 
 def _rg_summary(args: argparse.Namespace) -> int:
-    from batchsite.campaign.collect import format_stats, step_stats
+    from batchsite.campaign.collect import rg_summary
     from batchsite.campaign.common import CampaignConfigError
-    from batchsite.campaign.rg import output_dirs, parse_params
+    from batchsite.campaign.rg import parse_params
     from batchsite.hooks.connection import site_from_conn_id  # `local` without Airflow
 
     try:
@@ -46,14 +49,11 @@ def _rg_summary(args: argparse.Namespace) -> int:
         return 2
     site = site_from_conn_id(p.site_conn_id)
     try:
-        found = False
-        for d in output_dirs(site.remote_root, p):
-            rows = step_stats(site, d)
-            found = found or bool(rows)
-            print(format_stats(d, rows))
+        text, summary = rg_summary(site, p)
     finally:
         site.close()
-    return 0 if found else 1
+    print(text)
+    return 0 if any(summary["outputs"].values()) else 1
 
 
 # ---------------------------------------------------------------------------- faser-align: params
@@ -198,10 +198,10 @@ def render_first_round(conf: dict[str, Any], *, scheduler: str, out: str) -> dic
 
     Returns ``{"local_dir", "site_workdir", "spec", "files": {relpath: text}, "executable"}``.
     """
-    from batchsite.backends.base import get_backend
     from batchsite.campaign.faser import base_dir, first_round, parse_params, round_request
     from batchsite.keys import job_key
     from batchsite.rounds import spec_from_request
+    from batchsite.sitebuild import backend_for
 
     p = parse_params(conf)
     root = check_out_dir(out)
@@ -213,7 +213,7 @@ def render_first_round(conf: dict[str, Any], *, scheduler: str, out: str) -> dic
     request = round_request(p, first["iteration"], first["files"], remote_root=cfg.remote_root, python=cfg.python)
     key = job_key(FASER_DAG_ID, FASER_DRY_RUN_ID, FASER_FIRST_TASK, 0, 0)
     spec = spec_from_request(request, key=key, cfg=cfg, site_path=_site_path(cfg.remote_root))
-    rendered = get_backend(cfg.scheduler).render_round(spec)
+    rendered = backend_for(cfg).render_round(spec)
     files = dict(rendered.files)
     files["submit.sh"] = rendered.submit_script  # as Site.submit ships it
     rel = posixpath.relpath(spec.workdir, base_dir(p, cfg.remote_root))
@@ -257,7 +257,7 @@ def write_round(local_dir: str, files: dict[str, str], executable: frozenset[str
 
 def _faser_align(args: argparse.Namespace) -> int:
     from batchsite.campaign.common import CampaignConfigError
-    from batchsite.campaign.faser import parse_params
+    from batchsite.campaign.faser import parse_params, tree_name
 
     prog = "batchsite faser-align"
     try:
@@ -266,9 +266,9 @@ def _faser_align(args: argparse.Namespace) -> int:
     except CampaignConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    tag = f"Y{p.year}_R{p.run}_F{p.range_tag}"
+    tag = tree_name(p)
     print(f"FASER alignment {tag}: year {p.year}, run {p.run} (-r {args.run}), up to {p.iterations} iterations, "
-          f"{'4' if p.fourst else '3'}-station, payload: {'Calypso + pede' if p.cfg.uses_calypso else 'reference'}")
+          f"{p.stations}-station, payload: {'the group chain' if p.cfg.uses_group_chain else 'reference'}")
     print(_files_line(p))
     argv = _trigger_argv(conf)
 
@@ -328,6 +328,67 @@ def _submit(prog: str, argv: list[str]) -> int:
     return r.returncode
 
 
+# ---------------------------------------------------------------------------- campaigns (the ledger)
+
+def _open_ledger(path: str | None):
+    """``--ledger PATH`` (SQLite), else the deployment's choice: the ``batchsite_ledger``
+    connection (PostgreSQL) when Airflow and the connection exist, else the SQLite file at
+    ``$BATCHSITE_LEDGER_PATH`` / ``$AIRFLOW_HOME/batchsite_ledger.sqlite``."""
+    from batchsite.ledger.store import LedgerError, SqliteLedger, default_sqlite_path
+
+    if path is None:
+        try:
+            from batchsite.hooks.ledger import open_ledger
+        except ImportError:  # no Airflow here: only the SQLite ledger can be meant
+            path = str(default_sqlite_path())
+        else:
+            store = open_ledger()
+            path = str(store.path) if isinstance(store, SqliteLedger) else None
+            if path is None:
+                return store
+    if not os.path.isfile(path):
+        raise LedgerError(f"no campaign ledger at {path} (nothing recorded there yet; --ledger PATH, "
+                          "$BATCHSITE_LEDGER_PATH or a batchsite_ledger connection say where it is)")
+    return SqliteLedger(path)
+
+
+def _campaigns(args: argparse.Namespace) -> int:
+    from batchsite.ledger.render import campaign_text, campaigns_table
+    from batchsite.ledger.store import LedgerError
+
+    try:
+        store = _open_ledger(args.ledger)
+        if args.action == "list":
+            text = campaigns_table(store.list_campaigns(args.dag, args.limit))
+        else:
+            text = campaign_text(store.campaign(args.run, args.dag), units=args.units, transitions=args.transitions)
+    except LedgerError as e:
+        print(f"batchsite campaigns: {e}", file=sys.stderr)
+        return 1
+    print(f"ledger: {store.describe()}\n")
+    print(text)
+    return 0
+
+
+def _add_campaigns(sub: Any) -> None:
+    c = sub.add_parser("campaigns", help="the campaign ledger: campaigns, rounds, units and decisions")
+    actions = c.add_subparsers(dest="action", required=True)
+    for name, helptext in (("list", "campaigns, newest first"),
+                           ("show", "one campaign: its rounds (counts, exit codes, timestamps) and decisions")):
+        a = actions.add_parser(name, help=helptext)
+        if name == "show":
+            a.add_argument("run", help="the DAG run id of the campaign")
+            a.add_argument("--units", action="store_true", help="also every unit: state, exit code, usage")
+            a.add_argument("--transitions", action="store_true", help="also every status change the polls saw")
+        else:
+            a.add_argument("--limit", type=int, default=50, help="at most this many campaigns (default 50)")
+        a.add_argument("--dag", default=None, help="only this DAG id")
+        a.add_argument("--ledger", default=None, metavar="SQLITE_FILE",
+                       help="read this SQLite ledger (default: the batchsite_ledger connection, else "
+                            "$BATCHSITE_LEDGER_PATH, else $AIRFLOW_HOME/batchsite_ledger.sqlite)")
+        a.set_defaults(func=_campaigns)
+
+
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--submit", action="store_true",
                    help="trigger the faser_alignment Airflow DAG with these Params instead of a dry run")
     f.set_defaults(func=_faser_align)
+    _add_campaigns(sub)
     return ap
 
 
