@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 import uuid
 from pathlib import Path
@@ -117,14 +119,14 @@ def test_unchanged_files_are_not_hashed_again(env, monkeypatch):
     calls = []
     real = manifest.sha256_file
     monkeypatch.setattr(manifest, "sha256_file", lambda p: calls.append(p) or real(p))
-    push(env, src)
-    assert len(calls) == 20
-    calls.clear()
-    push(env, src)
+    assert push(env, src).files_sent == 20
+    assert calls == []  # absent on the site: each file hashed once, as it is sent, and cached
+    assert push(env, src).files_unchanged == 20
     assert calls == []
-    (src / "f3.dat").write_bytes(b"new")
+    (src / "f3.dat").write_bytes(os.urandom(1000))  # same size: the sha256 decides
+    (src / "f4.dat").write_bytes(b"new")  # another size: differs anyway, hashed only as it is sent
     r = push(env, src)
-    assert [Path(c).name for c in calls] == ["f3.dat"] and r.sent == ["f3.dat"]
+    assert [Path(c).name for c in calls] == ["f3.dat"] and r.sent == ["f3.dat", "f4.dat"]
 
 
 def test_push_to_remote_root_itself_and_leftover_stage_dirs_ignored(env):
@@ -450,3 +452,88 @@ def test_staging_hook_local(local_conn):
         assert hook.pull("logs", "v1", "FP", env["tmp"] / "back").files_received == 1
     finally:
         hook.close()
+
+
+# ----------------------------------------------------------------------------- site manifest cache, switch-over
+def test_site_manifest_cache_is_used_and_a_same_size_same_mtime_edit_is_still_seen(env):
+    """rsync -a's quick check (size + mtime) skips a file rewritten with the same size and mtime;
+    the site cache also keys on ctime, which no user tool can set back, so batchsite re-sends it."""
+    src = tree(env["tmp"] / "src", {f"d{i % 3}/f{i}.dat": os.urandom(500) for i in range(12)})
+    for p in src.rglob("*.dat"):
+        os.utime(p, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    push(env, src)
+    dest, cache = env["root"] / "code/source", env["root"] / "code/.batchsite-manifest.source"
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 12 and not list(env["root"].rglob(".batchsite-stage.*"))
+    # a wrong sum under a matching size/mtime/ctime is believed: the site did not hash the file again
+    size, mtime, ctime, _, rel = lines[0].split(" ", 4)
+    cache.write_text("\n".join([f"{size} {mtime} {ctime} {'0' * 64} {rel}", *lines[1:]]) + "\n")
+    assert push(env, src).sent == [rel[2:]]
+
+    victim = dest / "d1/f1.dat"
+    st_before = victim.stat()
+    victim.write_bytes(os.urandom(500))  # same size, then the old mtime put back
+    os.utime(victim, ns=(st_before.st_atime_ns, st_before.st_mtime_ns))
+    assert push(env, src).sent == ["d1/f1.dat"]
+    assert files_under(dest) == files_under(src)
+
+    # what rsync does with the same edit (documented in README "Staging speed")
+    copy = env["tmp"] / "rsync-copy"
+    subprocess.run(["rsync", "-a", f"{src}/", f"{copy}/"], check=True)
+    (copy / "d1/f1.dat").write_bytes(os.urandom(500))
+    os.utime(copy / "d1/f1.dat", ns=(st_before.st_atime_ns, st_before.st_mtime_ns))
+    subprocess.run(["rsync", "-a", f"{src}/", f"{copy}/"], check=True)
+    assert sha(copy / "d1/f1.dat") != sha(src / "d1/f1.dat")  # rsync kept the edited file
+
+
+@pytest.fixture
+def no_python3_on_site(tmp_path, monkeypatch):
+    """The site's PATH without python3: the switch-over falls back to one `mv -t` per directory."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for exe in Path("/usr/bin").iterdir():
+        if not exe.name.startswith("python"):
+            (bin_dir / exe.name).symlink_to(exe)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert subprocess.run(["/bin/bash", "-c", "command -v python3"], capture_output=True).returncode == 1
+
+
+@pytest.mark.parametrize("python3", [True, False], ids=["python3", "mv-per-dir"])
+def test_switch_over_into_existing_new_and_nested_dirs(env, python3, request):
+    if not python3:
+        request.getfixturevalue("no_python3_on_site")
+    src = tree(env["tmp"] / "src", {"top.py": "t\n", "a/x.py": "x\n", "a/b/y.py": "y\n"})
+    assert push(env, src).files_sent == 3  # empty destination: the stage renamed whole
+    tree(src, {"top.py": "t2\n", "a/b/y.py": "y2\n", "a/new/deep/z.py": "z\n", "c/w.py": "w\n"})
+    r = push(env, src)
+    assert sorted(r.sent) == ["a/b/y.py", "a/new/deep/z.py", "c/w.py", "top.py"]
+    assert files_under(env["root"] / "code/source") == files_under(src)
+    assert not list(env["root"].rglob(".batchsite-stage.*"))
+
+
+def test_a_site_path_in_the_way_refuses_before_any_rename(env):
+    src = tree(env["tmp"] / "src", {"a.py": "a\n", "lib": "file here\n"})
+    push(env, src)
+    (src / "lib").unlink()
+    tree(src, {"a.py": "a2\n", "lib/m.py": "m\n"})
+    with pytest.raises(StagingError, match=r"lib on the site is in the way of the push"):
+        push(env, src)
+    assert (env["root"] / "code/source/a.py").read_text() == "a\n"  # nothing replaced
+
+
+def test_cli_site_config_needs_no_airflow(env, tmp_path):
+    code = tree(tmp_path / "source", {"rg.py": "x\n"})
+    cfg = tmp_path / "plain.json"
+    cfg.write_text(json.dumps({"extra": {"scheduler": "local", "transport": "local", "remote_root": str(env["root"])}}))
+    probe = ("import sys; from batchsite.hooks.staging_cli import main; rc = main(sys.argv[1:]); "
+             "assert not [m for m in sys.modules if m.split('.')[0] in ('airflow', 'paramiko')], 'imported'; "
+             "sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", probe, "--action", "push", "--code", str(code), "--site-config", str(cfg)],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "BATCHSITE_CACHE_DIR": str(tmp_path / "c")})
+    assert r.returncode == 0, r.stderr
+    assert "1 file(s) sent" in r.stdout and (env["root"] / "code/source/rg.py").read_text() == "x\n"
+    cfg.write_text(json.dumps({"host": "h", "extra": {"scheduler": "slurm", "remote_root": "/r"}}))
+    r = subprocess.run([sys.executable, "-m", "batchsite.hooks.staging_cli", "--action", "push", "--code", str(code),
+                        "--site-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "transport 'ssh' takes its credentials from Airflow" in r.stderr

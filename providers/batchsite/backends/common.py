@@ -2,7 +2,9 @@
 
 * the unit script (one bash script for every work unit of a round, indexed by the
   scheduler's array index or a DAG VARS value) and the fan-in script; both write an
-  exit-code file ``status/<index>.exit`` (or ``status/fanin.exit``) by temp name + rename;
+  exit-code file ``status/<index>.exit`` (or ``status/fanin.exit``) by temp name + rename.
+  The unit script is the same few lines whatever the number of units: each unit looks its
+  command up in the round's unit table (``units.tab``, one line per unit; ``unit_table.sh``);
 * the sectioned status output: one remote command prints several sections
   (``@@BATCHSITE <section> <key>``), each parsed by its own pure function;
 * ``RUN_HELPER`` (the ``bs_run`` shell function) and ``parse_run_section``: one scheduler
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +29,14 @@ from batchsite import shellscripts
 from batchsite.model import JobState, RoundSpec, Submission, TaskStatus
 
 STATUS_DIR = "status"
+#: the round's unit table in its workdir: one line per unit, ``<index> <argv as shell words>``
+UNIT_TABLE = "units.tab"
 FANIN = "fanin"
 SECTION = "@@BATCHSITE"
-#: exit code the unit script uses when it is asked for an index it does not have
+#: exit code the unit script uses when it is asked for an index it does not have (unit_table.sh)
 NO_SUCH_UNIT = 97
+#: ``bs_unit <table> <index>``: the lookup every unit script inlines (unit_table.sh beside this module)
+UNIT_LOOKUP = shellscripts.load("batchsite.backends", "unit_table.sh")
 #: per workdir: the submission record, its lock and the failure markers (see site.py)
 RECORD_DIR = ".batchsite"
 #: under remote_root: credential files the jobs use (mode 0600 in a 0700 directory, see site.py)
@@ -90,24 +97,50 @@ def _epilogue(name_expr: str) -> list[str]:
     ]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def bash_word(arg: str) -> str:
+    """One argv item as ONE bash word on ONE line: ``shlex.quote``, or ``$'...'`` (bash's
+    ANSI-C quoting) when it holds a control character such as a line break."""
+    if not _CONTROL.search(arg):
+        return shlex.quote(arg)
+    out = []
+    for c in arg:
+        if c in "\\'":
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(c)
+    return "$'" + "".join(out) + "'"
+
+
+def render_unit_table(spec: RoundSpec) -> str:
+    """The round's unit table (``UNIT_TABLE``): ``<index> <argv as bash words>`` per unit."""
+    return "".join(f"{u.index} {' '.join(bash_word(a) for a in u.argv)}\n"
+                   for u in sorted(spec.units, key=lambda u: u.index))
+
+
+def unit_table_path(spec: RoundSpec) -> str:
+    return f"{spec.workdir}/{UNIT_TABLE}"
+
+
 def render_unit_script(
     spec: RoundSpec, index_expr: str, header: Iterable[str] = (), *, retries: int | None = None
 ) -> str:
     """Bash script that runs work unit ``$IDX`` (``index_expr`` gives it, e.g.
     ``${SLURM_ARRAY_TASK_ID}``), retrying in place ``retries`` times (default spec.retries;
-    HTCondor passes 0 because DAGMan's RETRY does it)."""
+    HTCondor passes 0 because DAGMan's RETRY does it). Its size does not depend on the
+    number of units: the command comes from the unit table (``render_unit_table``), which
+    every backend ships beside it."""
     n = spec.retries if retries is None else retries
     lines = ["#!/bin/bash", *header, f"# batchsite round {spec.key}: {spec.label}"]
     lines.append(f"IDX={index_expr}")
     lines += _prologue(spec)
-    lines.append("run_unit() {")
-    lines.append('  case "$1" in')
-    for u in sorted(spec.units, key=lambda u: u.index):
-        lines.append(f"    {u.index}) {shlex.join(u.argv)} ;;")
-    lines.append(f'    *) echo "batchsite: round {spec.key} has no work unit $1" >&2; return {NO_SUCH_UNIT} ;;')
-    lines.append("  esac")
-    lines.append("}")
-    lines += _retry_loop('run_unit "$IDX"', "unit $IDX", n)
+    lines.append("# bs_unit: unit_table.sh (batchsite.backends)")
+    lines += [ln for ln in UNIT_LOOKUP.splitlines() if ln and not ln.startswith("#")]
+    lines += _retry_loop(f'bs_unit {q(unit_table_path(spec))} "$IDX"', "unit $IDX", n)
     lines += _epilogue("$IDX")
     return "\n".join(lines) + "\n"
 
@@ -115,7 +148,8 @@ def render_unit_script(
 def render_fanin_script(spec: RoundSpec, header: Iterable[str] = (), *, retries: int | None = None) -> str:
     if not spec.fanin:
         raise ValueError("round has no fan-in step")
-    n = spec.retries if retries is None else retries
+    own = spec.retries if spec.fanin_retries is None else spec.fanin_retries
+    n = own if retries is None else retries
     lines = ["#!/bin/bash", *header, f"# batchsite round {spec.key}: {spec.label} (fan-in)"]
     lines += _prologue(spec)
     lines += _retry_loop(shlex.join(spec.fanin), "fan-in", n)
@@ -129,18 +163,20 @@ def section_header(section: str, key: str = "-") -> str:
     return f"echo {q(f'{SECTION} {section} {key}')}"
 
 
+_SECTION_LINE = re.compile(rf"^{SECTION} ([^\n]*)$", re.M)
+
+
 def split_sections(text: str) -> dict[tuple[str, str], str]:
     """``@@BATCHSITE <section> <key>`` lines split the output of one status command."""
+    # one regex split (in C) instead of a Python step per line: a round of 10,000 units
+    # prints tens of thousands of lines
+    pieces = _SECTION_LINE.split(text)
     out: dict[tuple[str, str], list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith(SECTION + " "):
-            parts = line.split()
-            sect = (parts[1], parts[2] if len(parts) > 2 else "-")
-            current = out.setdefault(sect, [])
-            continue
-        if current is not None:
-            current.append(line)
+    for k in range(1, len(pieces) - 1, 2):
+        parts = pieces[k].split()
+        sect = (parts[0], parts[1] if len(parts) > 1 else "-") if parts else ("", "-")
+        body = pieces[k + 1].removeprefix("\n").removesuffix("\n")
+        out.setdefault(sect, []).append(body)
     return {k: "\n".join(v) for k, v in out.items()}
 
 
@@ -186,7 +222,15 @@ class RunSection:
 def parse_run_section(text: str | None) -> RunSection:
     """The text of one section (``split_sections(...).get(...)``; None: section missing)."""
     out = RunSection(present=text is not None)
-    for line in (text or "").splitlines():
+    lines = (text or "").splitlines()
+    if not any(line[:1] == "!" for line in lines[:-1]):  # the common case: stdout, then only "!rc"
+        if lines and lines[-1][:1] == "!":
+            lines, last = lines[:-1], lines[-1:]
+        else:
+            last = []
+        out.lines = lines
+        lines = last
+    for line in lines:
         if line.startswith("!err "):
             out.err_lines.append(line[5:])
         elif line.startswith("!rc "):

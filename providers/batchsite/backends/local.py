@@ -104,6 +104,7 @@ def render_round(spec: RoundSpec) -> RenderedRound:
         UNIT_SCRIPT: common.render_unit_script(spec, '"${BATCHSITE_INDEX}"'),
         CONFIG: json.dumps(local_config(spec), indent=1, sort_keys=True) + "\n",
         RUNNER: runner_source(),
+        common.UNIT_TABLE: common.render_unit_table(spec),
     }
     if spec.fanin:
         files[FANIN_SCRIPT] = common.render_fanin_script(spec)

@@ -46,7 +46,9 @@ bs_local() {
   else
     echo "alive no"
   fi
-  [ -f "$wd/fanin.sh" ] && echo "has-fanin"
+  # the round's own config says (local.json, rewritten by every submission): a fanin.sh left by
+  # an earlier submission of the workdir (a fan-in-only rescue runs it as a unit) does not count
+  grep -qs '"has_fanin": true' "$wd/local.json" && echo "has-fanin"
   for f in "$wd"/state/*; do
     [ -f "$f" ] || continue
     n=${f##*/}

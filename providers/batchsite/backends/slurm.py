@@ -1,4 +1,4 @@
-"""Slurm backend: a round is one job array (``--array``) plus an optional ``afterok`` fan-in job.
+"""Slurm backend: a round is one or more job arrays plus an optional ``afterok`` fan-in job.
 
 Everything here is pure text in, text out; ``SlurmBackend`` only binds the functions to the
 ``Backend`` ABC. This file renders (sbatch headers, ``submit.sh`` from ``slurm_submit.sh``
@@ -8,8 +8,15 @@ README there says how each file was captured).
 
 Choices, each checked against a real slurmctld (see the fixtures):
 
-* the job name is the round key (``--job-name``), for the array AND the fan-in, so a round
-  can be found again by name when its submission record is lost;
+* the job name is the round key (``--job-name``), for every array AND the fan-in, so a
+  round can be found again by name when its submission record is lost;
+* a round larger than the site's ``MaxArraySize`` (default 1001: task ids 0..1000) or
+  ``max_array_tasks`` is split into several arrays (``array_chunks``): chunk ``c`` runs the
+  units whose index is in ``[c*W, (c+1)*W)`` as task ids ``index - c*W`` and gets its offset
+  ``c*W`` as unit.sh's argument; the fan-in depends ``afterok`` on all of them. The limits
+  come from ``scontrol show config`` at probe time (``SlurmLimits``); unit.sh stays far
+  below ``max_script_size`` because the commands live in the unit table, not in the script;
+  the record lists every array as ``<id>@<offset>`` (``array=123``: one array, offset 0);
 * log paths are relative (``logs/%x_%A_%a.out``): sbatch runs in the workdir, and a relative
   path needs no quoting and no ``%`` escaping whatever the workdir is called;
 * ``--open-mode=append``: a requeued task (node failure, preemption) appends to its log
@@ -31,40 +38,49 @@ from typing import ClassVar
 from batchsite import shellscripts
 from batchsite.backends import common, slurm_parse
 from batchsite.backends.base import Backend, RenderedRound, SubmitIds, register
-from batchsite.backends.slurm_parse import job_ids
-from batchsite.model import SAFE_NAME, Resources, RoundSpec, RoundStatus, Submission
+from batchsite.backends.slurm_parse import SlurmLimits, job_ids
+from batchsite.model import SAFE_NAME, Resources, RoundSpec, RoundStatus, Submission, index_ranges
 
 q = common.q
 
 UNIT_SCRIPT = "unit.sh"
 FANIN_SCRIPT = "fanin.sh"
 LOG_DIR = "logs"
-#: submit.sh of every round (its header says what it does); rendered with ``fanin`` set
+#: ``<offset> <array spec>`` per array of the round, in submission order (slurm_submit.sh reads it)
+ARRAYS_FILE = "arrays.txt"
+#: submit.sh of every round (its header says what it does); rendered with ``fanin`` and ``serial`` set
 SUBMIT_SCRIPT = shellscripts.load("batchsite.backends", "slurm_submit.sh")
 
 
 # ---------------------------------------------------------------------------- arrays
 
 def compact_indices(indices: Iterable[int]) -> str:
-    """[0..31] -> "0-31"; [3, 7, 9, 10, 11, 12] -> "3,7,9-12"."""
-    idx = sorted(set(indices))
-    if not idx:
+    """[0..31] -> "0-31"; [3, 7, 9, 10, 11, 12] -> "3,7,9-12" (Slurm's --array form)."""
+    text = index_ranges(indices)
+    if not text:
         raise ValueError("no array indices")
-    parts: list[str] = []
-    start = prev = idx[0]
-    for i in idx[1:] + [None]:  # type: ignore[list-item]
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if i is not None:
-            start = prev = i
-    return ",".join(parts)
+    return text
 
 
 def array_spec(indices: Iterable[int], throttle: int | None = None) -> str:
     s = compact_indices(indices)
     return f"{s}%{throttle}" if throttle else s
+
+
+def array_chunks(indices: Iterable[int], limits: SlurmLimits) -> list[tuple[int, list[int]]]:
+    """The arrays a round is split into: ``(offset, task ids)`` in offset order; unit
+    ``offset + task id``. Windows of ``limits.window`` indices, so every task id stays below
+    ``MaxArraySize`` and no array has more than ``max_array_tasks`` tasks. A round whose
+    indices all fit is one array at offset 0 (task id = unit index)."""
+    w = limits.window
+    chunks: dict[int, list[int]] = {}
+    for i in sorted(set(indices)):
+        chunks.setdefault(i // w * w, []).append(i)
+    return [(off, [i - off for i in idx]) for off, idx in sorted(chunks.items())]
+
+
+def render_arrays_file(spec: RoundSpec, limits: SlurmLimits) -> str:
+    return "".join(f"{off} {array_spec(tasks, spec.throttle)}\n" for off, tasks in array_chunks(spec.indices, limits))
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -100,7 +116,7 @@ def sbatch_header(spec: RoundSpec, *, fanin: bool = False) -> list[str]:
         opts += _resource_lines(spec.fanin_resources or spec.resources)
         opts += [f"--output={LOG_DIR}/%x_fanin_%j.out", f"--error={LOG_DIR}/%x_fanin_%j.err"]
     else:
-        opts.append(f"--array={array_spec(spec.indices, spec.throttle)}")
+        # --array is given per chunk on sbatch's command line (slurm_submit.sh, arrays.txt)
         opts += _resource_lines(spec.resources)
         opts += [f"--output={LOG_DIR}/%x_%A_%a.out", f"--error={LOG_DIR}/%x_%A_%a.err"]
     opts.append("--open-mode=append")
@@ -108,23 +124,33 @@ def sbatch_header(spec: RoundSpec, *, fanin: bool = False) -> list[str]:
 
 
 def render_submit_script(spec: RoundSpec) -> str:
-    """``slurm_submit.sh`` with ``fanin`` set: POSIX sh, run with cwd = workdir; prints
-    ``array=<id>`` or ``array=<id> fanin=<id>``. If the fan-in cannot be submitted the
-    array is cancelled before exiting non-zero."""
-    return shellscripts.with_values(SUBMIT_SCRIPT, fanin=1 if spec.fanin else 0)
+    """``slurm_submit.sh`` with ``fanin`` and ``serial`` set: POSIX sh, run with cwd =
+    workdir; one ``sbatch`` per line of ``arrays.txt``, then the fan-in ``afterok`` on all
+    of them; prints ``array=<id>[@<offset>],... [fanin=<id>]``. If any sbatch fails, the
+    arrays already submitted are cancelled before exiting non-zero. ``serial``: a throttled
+    round of several arrays runs them one after the other (``afterany``), so at most
+    ``throttle`` units run at once."""
+    return shellscripts.with_values(SUBMIT_SCRIPT, fanin=1 if spec.fanin else 0, serial=1 if spec.throttle else 0)
 
 
-def render_round(spec: RoundSpec) -> RenderedRound:
-    files = {
-        UNIT_SCRIPT: common.render_unit_script(
-            spec, '"${SLURM_ARRAY_TASK_ID}"', header=sbatch_header(spec)
-        )
-    }
+#: IDX of a unit: the array task id plus the chunk's offset (unit.sh's first argument)
+UNIT_INDEX = '"$((${SLURM_ARRAY_TASK_ID:?not a Slurm array task} + ${1:-0}))"'
+
+
+def render_round(spec: RoundSpec, limits: SlurmLimits | None = None) -> RenderedRound:
+    limits = limits or SlurmLimits()
+    files = {UNIT_SCRIPT: common.render_unit_script(spec, UNIT_INDEX, header=sbatch_header(spec))}
     if spec.fanin:
         files[FANIN_SCRIPT] = common.render_fanin_script(spec, header=sbatch_header(spec, fanin=True))
-    return RenderedRound(
-        files=files, submit_script=render_submit_script(spec), executable=frozenset(files)
-    )
+    for name, text in files.items():
+        if len(text.encode()) > limits.max_script_size:
+            raise ValueError(
+                f"{name} of round {spec.key} is {len(text.encode())} bytes, over the site's max_script_size "
+                f"({limits.max_script_size}, SchedulerParameters): the round's env values are too large")
+    scripts = frozenset(files)
+    files[common.UNIT_TABLE] = common.render_unit_table(spec)
+    files[ARRAYS_FILE] = render_arrays_file(spec, limits)
+    return RenderedRound(files=files, submit_script=render_submit_script(spec), executable=scripts)
 
 
 # ---------------------------------------------------------------------------- status script
@@ -196,11 +222,14 @@ def render_status_script(subs: Sequence[Submission], accounting: bool | None = N
 # ---------------------------------------------------------------------------- probe / cancel / find (re-attach)
 
 def probe_script() -> str:
-    """Is accounting (sacct) usable? Prints a section the same way status scripts do."""
+    """Is accounting (sacct) usable, and the array limits (``scontrol show config``)?
+    Prints sections the same way status scripts do."""
     return "\n".join([
         common.RUN_HELPER,
         common.section_header("version"),
         "bs_run squeue --version",
+        common.section_header("config"),
+        "bs_run scontrol show config",
         common.section_header("sacct"),
         "bs_run sacct -n -P -X -S now -E now -o JobID",
         "exit 0",
@@ -260,7 +289,8 @@ def render_find_by_name_script(key: str, accounting: bool | None = None, workdir
 
 
 def format_submit(ids: SubmitIds) -> str:
-    """What submit.sh prints for these ids (``parse_submit`` reads it back)."""
+    """What submit.sh prints for these ids (``parse_submit`` reads it back); ``fanout_id``
+    is already the array list (``format_arrays``)."""
     return f"array={ids.fanout_id}" + (f" fanin={ids.fanin_id}" if ids.fanin_id else "")
 
 
@@ -272,9 +302,10 @@ class SlurmBackend(Backend):
 
     def __init__(self) -> None:
         self.accounting: bool | None = None  # learnt by apply_probe
+        self.limits = SlurmLimits()  # Slurm's defaults until apply_probe reads the site's
 
     def render_round(self, spec: RoundSpec) -> RenderedRound:
-        return render_round(spec)
+        return render_round(spec, self.limits)
 
     def parse_submit(self, stdout: str) -> SubmitIds:
         return slurm_parse.parse_submit(stdout)
@@ -296,12 +327,13 @@ class SlurmBackend(Backend):
 
     def apply_probe(self, text: str) -> None:
         self.accounting = slurm_parse.parse_probe(text)
+        self.limits = slurm_parse.parse_limits(text)
 
     def render_find_script(self, spec: RoundSpec) -> str:
         return render_find_by_name_script(spec.key, self.accounting, spec.workdir)
 
     def parse_find(self, text: str, spec: RoundSpec) -> SubmitIds | None:
-        return slurm_parse.parse_find(text, spec)
+        return slurm_parse.parse_find(text, spec, [off for off, _ in array_chunks(spec.indices, self.limits)])
 
     def format_submit(self, ids: SubmitIds) -> str:
         return format_submit(ids)

@@ -3,6 +3,11 @@ back, with the flags of the group's ``file_management.py``. An adapter: ``--conn
 connection id (``local`` needs no Airflow connection), turned into a ``Site`` by
 ``batchsite.hooks.connection``; the core package ``batchsite.staging`` does the work.
 
+``--site-config FILE`` gives the connection as a plain JSON file instead (the shape of an
+``AIRFLOW_CONN_*`` value: host, port, login, extra): Airflow is never imported, so a push
+starts in ~0.2 s instead of ~2 s. Its transport must be ``openssh`` or ``local`` (``ssh`` takes
+its credentials from Airflow's SSH hook).
+
     python -m batchsite.hooks.staging_cli --action push --code source --scripts Taskfarm/scripts
     python -m batchsite.hooks.staging_cli --action pull --pull hist --version v1 --type FP --sys linux
 """
@@ -10,13 +15,17 @@ connection id (``local`` needs no Airflow connection), turned into a ``Site`` by
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from batchsite.campaign.rg_layout import PULL_KINDS, RUN_TYPES, LayoutInputError, check_version
+from batchsite.config import SiteConfigError, site_config_from_connection
 from batchsite.hooks.connection import site_from_conn_id  # `local` needs no Airflow
+from batchsite.site import Site
+from batchsite.sitebuild import site_from_config
 from batchsite.staging import Staging, StagingError, StagingInputError
 
 
@@ -36,8 +45,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--delete", action="store_true", help="push: also remove remote files missing locally")
     parser.add_argument("--conn", default=os.environ.get("BATCHSITE_CONN") or "local",
                         help="site connection id (default: $BATCHSITE_CONN or 'local')")
+    parser.add_argument("--site-config", metavar="FILE",
+                        help="the site connection as a JSON file ({host, port, login, extra}), read without "
+                             "Airflow; transport openssh or local. Overrides --conn")
     parser.add_argument("--sys", default="linux", help="accepted for compatibility with file_management.py; ignored")
     return parser
+
+
+def site_from_plain_config(path: str) -> Site:
+    """A site from a JSON file shaped like an ``AIRFLOW_CONN_*`` value, without Airflow."""
+    try:
+        conn = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SiteConfigError(f"--site-config {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(conn, dict) or not isinstance(conn.get("extra", {}), dict):
+        raise SiteConfigError(f"--site-config {path}: give a JSON object {{host, port, login, extra: {{...}}}}")
+    cfg = site_config_from_connection(Path(path).stem, conn.get("host"), conn.get("port"), conn.get("login"),
+                                      conn.get("extra", {}))
+    if cfg.transport == "ssh":
+        raise SiteConfigError(
+            f"--site-config {path}: transport 'ssh' takes its credentials from Airflow's SSH hook; set extra "
+            "transport 'openssh' (with key_file and known_hosts) or use --conn with an Airflow connection")
+    return site_from_config(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,9 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
 
     try:
-        site = site_from_conn_id(args.conn)
+        site = site_from_plain_config(args.site_config) if args.site_config else site_from_conn_id(args.conn)
     except Exception as e:  # SiteConfigError and friends: a usage problem
-        print(f"batchsite.staging: site {args.conn!r}: {e}", file=sys.stderr)
+        print(f"batchsite.staging: site {args.site_config or args.conn!r}: {e}", file=sys.stderr)
         return 2
     staging = Staging(site)
     try:

@@ -10,7 +10,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from batchsite.staging.paths import StagingError, StagingInputError, check_rel
@@ -20,6 +20,8 @@ SKIP_DIRS = frozenset({"__pycache__", ".git"})
 SKIP_SUFFIXES = (".pyc",)
 #: temp dirs of an unfinished push; never part of a manifest, removed after 12 h
 STAGE_PREFIX = ".batchsite-stage."
+#: the site's manifest cache of a tree, beside it (``transfer.sh``); never staged
+MANIFEST_PREFIX = ".batchsite-manifest."
 
 MB = 1024 * 1024
 
@@ -32,7 +34,13 @@ def default_cache_file() -> Path:
 
 
 class HashCache:
-    """sha256 by (absolute path, size, mtime_ns) in a small JSON file, so big unchanged files are hashed once."""
+    """sha256 by (absolute path, size, mtime_ns, ctime_ns) in a small JSON file, so unchanged files are hashed once.
+
+    ctime is in the key because a file rewritten with the same size and mtime (``touch -r``, a tool
+    restoring timestamps) still gets a new ctime; rsync's quick check (size + mtime) would skip it.
+    """
+
+    VERSION = 2
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -41,16 +49,19 @@ class HashCache:
         if path is not None:
             try:
                 data = json.loads(path.read_text())
-                if data.get("version") == 1:
+                if data.get("version") == self.VERSION:
                     self.entries = data.get("entries", {})
             except (OSError, ValueError, AttributeError):
                 self.entries = {}
 
+    def cached(self, path: Path, st: os.stat_result) -> str | None:
+        hit = self.entries.get(str(path))
+        return hit[3] if hit and hit[:3] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns] else None
+
     def sha256(self, path: Path, st: os.stat_result) -> str:
-        key = str(path)
-        hit = self.entries.get(key)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            return hit[2]
+        hit = self.cached(path, st)
+        if hit is not None:
+            return hit
         digest = sha256_file(path)
         self.remember(path, st, digest)
         return digest
@@ -60,7 +71,7 @@ class HashCache:
         if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
             self.entries.pop(str(path), None)
             return
-        self.entries[str(path)] = [st.st_size, st.st_mtime_ns, digest]
+        self.entries[str(path)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest]
         self.dirty = True
 
     def save(self) -> None:
@@ -70,11 +81,16 @@ class HashCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".staging-hashes.", dir=self.path.parent)
             with os.fdopen(fd, "w") as f:
-                json.dump({"version": 1, "entries": self.entries}, f)
+                json.dump({"version": self.VERSION, "entries": self.entries}, f)
             os.replace(tmp, self.path)
             self.dirty = False
         except OSError:
             pass  # the cache is an optimisation only
+
+
+def stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """(size, mtime_ns, ctime_ns): what says a file is unchanged without reading it."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def sha256_file(path: Path) -> str:
@@ -89,16 +105,20 @@ def sha256_file(path: Path) -> str:
 class LocalEntry:
     path: Path
     size: int
-    sha256: str
+    sha256: str  # "" when not needed yet (see local_manifest's need_sha): hashed as it is sent
+    #: the stat the sha256 belongs to: a file read later with the same one needs no second hash
+    stamp: tuple[int, int, int] = (0, 0, 0)
 
 
 def local_manifest(
     local_dir: Path, cache: HashCache, *, regexes: Sequence[str] = (), skipped: list[str] | None = None,
-    strict: bool = True,
+    strict: bool = True, need_sha: Callable[[str, int], bool] | None = None,
 ) -> dict[str, LocalEntry]:
     """{relative posix path: entry} of regular files under local_dir (file symlinks followed, dir symlinks not).
 
     ``strict``: a name that cannot be staged (newline, backslash, not UTF-8) is an error; else it is skipped.
+    ``need_sha(rel, size)``: False for a file that differs anyway (absent on the site, another size):
+    its sha256 is left "" unless cached, so it is read once, when it is sent.
     """
     out: dict[str, LocalEntry] = {}
     compiled = [re.compile(r) for r in regexes]
@@ -117,7 +137,7 @@ def local_manifest(
             keep.append(d)
         dirnames[:] = sorted(keep)
         for name in sorted(filenames):
-            if name.endswith(SKIP_SUFFIXES) or name == ".git":
+            if name.endswith(SKIP_SUFFIXES) or name == ".git" or name.startswith(MANIFEST_PREFIX):
                 continue
             path = here / name
             rel = path.relative_to(local_dir).as_posix()
@@ -143,7 +163,11 @@ def local_manifest(
                 if strict:
                     raise
                 continue
-            out[rel] = LocalEntry(path, st.st_size, cache.sha256(path, st))
+            if need_sha is None or need_sha(rel, st.st_size):
+                digest = cache.sha256(path, st)
+            else:
+                digest = cache.cached(path, st) or ""
+            out[rel] = LocalEntry(path, st.st_size, digest, stamp(st))
     if not regexes:  # forget cached hashes of files that are gone
         prefix = str(local_dir) + os.sep
         seen = {str(e.path) for e in out.values()}
@@ -151,6 +175,17 @@ def local_manifest(
             del cache.entries[key]
             cache.dirty = True
     return out
+
+
+def fill_sha(entries: dict[str, LocalEntry], cache: HashCache, need_sha: Callable[[str, int], bool]) -> None:
+    """Hash (or take from the cache) the entries left without a sha256 for which ``need_sha(rel, size)``."""
+    for rel, e in entries.items():
+        if not e.sha256 and need_sha(rel, e.size):
+            try:
+                st = e.path.stat()
+            except OSError as exc:
+                raise StagingError(f"local file {e.path} vanished while listing the tree: {exc}") from exc
+            e.sha256, e.size, e.stamp = cache.sha256(e.path, st), st.st_size, stamp(st)
 
 
 def cache_path(cache_file: str | os.PathLike | None | bool) -> Path | None:

@@ -6,12 +6,14 @@ positional arguments, so it behaves the same over ``local``, ``ssh`` and ``opens
 
 Remote commands per operation:
 
-* ``push_tree``: 1 command lists the remote manifest (path, size, sha256); if something changed,
-  1 more command receives ONE tar stream of only the changed files on stdin, extracts it into a
-  temp dir next to the target (same filesystem), checks the sha256 of every received file, checks
-  that every destination resolves (symlinks followed on the site) under remote_root, and only then
-  renames each file into place. A reader never sees a half-written file under its final name.
-  Unchanged tree: 1 command, 0 bytes.
+* ``push_tree``: 1 command lists the remote manifest (path, size, sha256; the site hashes only
+  files whose size/mtime/ctime differ from its manifest cache) while the local tree is walked; if
+  something changed, 1 more command receives ONE tar stream of only the changed files on stdin,
+  extracts it into a temp dir next to the target (same filesystem), checks the sha256 of every
+  received file, checks that every destination resolves (symlinks followed on the site) under
+  remote_root and that nothing is in the way, and only then renames the files into place (one
+  process). A reader never sees a half-written file under its final name. Unchanged tree:
+  1 command, 0 bytes.
 * ``pull_tree``: 1 command. The local manifest goes up on stdin; the site answers with its manifest
   followed by ONE ``tar cf -`` of only the files whose sha256 differs. Files are written into a temp
   dir next to the local target, verified, then renamed into place.
@@ -32,11 +34,12 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from batchsite.model import CommandResult
 from batchsite.shellscripts import load
-from batchsite.staging.manifest import MB, HashCache, LocalEntry, cache_path, local_manifest
+from batchsite.staging.manifest import MB, HashCache, LocalEntry, cache_path, fill_sha, local_manifest, stamp
 from batchsite.staging.paths import (
     StagingError, StagingInputError, UnsafePathError, check_rel, check_remote_path, check_remote_root, glob_to_ere,
 )
@@ -201,22 +204,25 @@ def push_tree(
     cache = HashCache(cache_path(cache_file))
     start = transport.counters.commands_run
     try:
-        mine = local_manifest(local, cache, skipped=report.skipped)
+        # the local walk (cached sums only) runs while the site lists its side
+        with ThreadPoolExecutor(1) as pool:
+            walk = pool.submit(local_manifest, local, cache, skipped=report.skipped, need_sha=lambda rel, size: False)
+            r = transport.sh(TRANSFER, "manifest", root, rdir, parent, timeout=timeout)
+            mine = walk.result()
+        _raise_for(r, f"listing {rdir} on the site", rdir)
+        theirs = _parse_manifest(r.out, rdir) or {}
+        # only a file the site has with the same size needs its sha256 now; the others differ anyway
+        # and are hashed once, as they are sent
+        fill_sha(mine, cache, lambda rel, size: theirs.get(rel, (-1, ""))[0] == size)
+        changed = [rel for rel in sorted(mine) if theirs.get(rel, (None, None))[1] != mine[rel].sha256]
+        to_delete = sorted(set(theirs) - set(mine)) if delete else []
+        report.files_unchanged = len(mine) - len(changed)
+        if not changed and not to_delete:
+            report.commands = transport.counters.commands_run - start
+            return report
+        payload, sums = _push_payload(mine, changed, to_delete, cache)
     finally:
         cache.save()
-
-    r = transport.sh(TRANSFER, "manifest", root, rdir, timeout=timeout)
-    _raise_for(r, f"listing {rdir} on the site", rdir)
-    theirs = _parse_manifest(r.out, rdir) or {}
-
-    changed = [rel for rel in sorted(mine) if theirs.get(rel, (None, None))[1] != mine[rel].sha256]
-    to_delete = sorted(set(theirs) - set(mine)) if delete else []
-    report.files_unchanged = len(mine) - len(changed)
-    if not changed and not to_delete:
-        report.commands = transport.counters.commands_run - start
-        return report
-
-    payload, sums = _push_payload(mine, changed, to_delete)
     report.stream_bytes = len(payload)
     r = transport.sh(TRANSFER, "push", root, rdir, parent, stdin=payload, timeout=timeout)
     report.commands = transport.counters.commands_run - start
@@ -238,8 +244,13 @@ def push_tree(
     return report
 
 
-def _push_payload(mine: dict[str, LocalEntry], changed: list[str], to_delete: list[str]) -> tuple[bytes, dict[str, str]]:
-    """ONE tar: control lists + the changed files (hashed again as read, so the sums match what is sent)."""
+def _push_payload(mine: dict[str, LocalEntry], changed: list[str], to_delete: list[str],
+                  cache: HashCache) -> tuple[bytes, dict[str, str]]:
+    """ONE tar: control lists + the changed files.
+
+    A file whose stat changed since the manifest is hashed again as read, so the sums match what
+    is sent; the site checks them before anything is renamed into place.
+    """
     buf = io.BytesIO()
     sums: dict[str, str] = {}
     now = int(time.time())
@@ -247,11 +258,17 @@ def _push_payload(mine: dict[str, LocalEntry], changed: list[str], to_delete: li
         for rel in changed:
             e = mine[rel]
             try:
-                data = e.path.read_bytes()
-                st = e.path.stat()
+                with open(e.path, "rb") as f:
+                    data = f.read()
+                    st = os.fstat(f.fileno())
             except OSError as exc:
                 raise StagingError(f"local file {e.path} vanished or became unreadable while pushing: {exc}") from exc
-            sums[rel] = hashlib.sha256(data).hexdigest()
+            if e.sha256 and stamp(st) == e.stamp and len(data) == e.size:
+                sums[rel] = e.sha256
+            else:
+                sums[rel] = hashlib.sha256(data).hexdigest()
+                if len(data) == st.st_size:
+                    cache.remember(e.path, st, sums[rel])
             e.size = len(data)
             info = tarfile.TarInfo("f/" + rel)
             info.size = len(data)

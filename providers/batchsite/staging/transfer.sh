@@ -6,13 +6,23 @@
 # REMOTE_ROOT before anything is read or written, and every write goes to a temp name on
 # the same filesystem, then is renamed into place.
 #
-#   transfer.sh manifest ROOT DIR
+#   transfer.sh manifest ROOT DIR [PARENT]
 #       stdout: @@NODIR, or @@SIZES / "<size> ./<rel>" lines / @@SUMS / sha256sum lines / @@END
+#       Only files whose size, mtime or ctime differ from the manifest cache are hashed.
 #   transfer.sh push ROOT DIR PARENT
 #       stdin: ONE tar with ctl/list (files to install), ctl/sums (their sha256, sha256sum
 #       format), ctl/check (list + delete, for the symlink check), ctl/delete, f/<file>
 #       payloads. Extracted into PARENT/.batchsite-stage.XXXXXX (removed after 12 h if left
-#       over), checked, then renamed into DIR. stdout: @@SUMS, the sums received, @@DONE
+#       over), checked, then renamed into DIR: one `mv -t` per directory, after every
+#       destination directory exists. stdout: @@SUMS, the sums received, @@DONE
+#
+# The manifest cache of DIR is PARENT/.batchsite-manifest.<name of DIR> (PARENT: DIR's parent
+# by default, DIR itself when it is ROOT): one "<size> <mtime> <ctime> <sha256> ./<rel>" line
+# a file (find -printf '%s %T@ %C@'). push updates it with the sums it verified; manifest with
+# what it hashed. A file rewritten with the same size and mtime (touch -r) still has a new
+# ctime, so it is hashed again (rsync's quick check, size + mtime, would skip it). Entries with
+# an mtime under 2 s old are not cached. Written to a temp name, then renamed; any failure to
+# write it is ignored (it is an optimisation only).
 #   transfer.sh pull ROOT DIR [ERE...]
 #       stdin: the local manifest (sha256sum format). stdout: "\n@@BATCHSITE-PULL <n>\n",
 #       n bytes of manifest ("= sha rel" unchanged / "S sha rel" sent), then ONE tar of the
@@ -28,7 +38,7 @@
 # so the sender never blocks on a full pipe.
 #
 # Needs POSIX sh, awk, tar and GNU coreutils/findutils (realpath -m, sha256sum, xargs -d,
-# find -printf, mv -T). No `set -e`: failures are checked where they happen.
+# find -printf, mv -t -T). No `set -e`: failures are checked where they happen.
 set -u
 trap '' HUP PIPE
 
@@ -43,29 +53,128 @@ fail_io() {
   printf 'batchsite: %s: %s\n' "$1" "$2" >&2
   exit 74
 }
-# the files staging ever looks at: never .git, __pycache__, *.pyc or an unfinished push
+# the files staging ever looks at: never .git, __pycache__, *.pyc, an unfinished push or a manifest cache
 staged_files() {
-  find . \( -name .git -o -name __pycache__ -o -name '.batchsite-stage.*' \) -prune -o -type f ! -name '*.pyc' "$@"
+  find . \( -name .git -o -name __pycache__ -o -name '.batchsite-stage.*' -o -name '.batchsite-manifest.*' \) \
+    -prune -o -type f ! -name '*.pyc' "$@"
 }
 
-do_manifest() {  # DIR
+# PARENT ($1; default: DIR's parent, or DIR itself when it is remote_root), checked like DIR
+resolve_parent() {
+  if [ -n "${1:-}" ]; then
+    parent_r=$(canon "$1"); inside "$parent_r" "$root_r" || refuse "$1" "$parent_r"
+  elif [ "$dir_r" = "$root_r" ]; then
+    parent_r=$root_r
+  else
+    parent_r=${dir_r%/*}; parent_r=${parent_r:-/}
+  fi
+  cache_file=$parent_r/.batchsite-manifest.${dir_r##*/}
+}
+
+# merge_manifest CACHE STAT SUMS OUT: every file of STAT ("<size> <mtime> <ctime> ./<rel>")
+# whose sha256 is in SUMS (sha256sum lines, trusted) or in CACHE under the same size, mtime and
+# ctime goes to OUT/records (cache format), the others to OUT/stale (to hash); OUT/cache: the
+# records whose mtime is over 2 s old (a write in the same clock tick would go unseen).
+merge_manifest() {
+  NOW=$(date +%s) OUT=$4 awk '
+    function path(s, n) { while (n-- > 0) s = substr(s, index(s, " ") + 1); return s }
+    BEGIN { o = ENVIRON["OUT"]; recent = ENVIRON["NOW"] - 2
+            printf "" > (o "/records"); printf "" > (o "/stale"); printf "" > (o "/cache") }
+    FILENAME == ARGV[1] { cached[path($0, 4)] = $1 " " $2 " " $3 " " $4; next }
+    FILENAME == ARGV[2] { if (substr($0, 1, 1) == "\\") next
+                          f = substr($0, 67); if (substr(f, 1, 2) != "./") f = "./" f
+                          fresh[f] = substr($0, 1, 64); next }
+    { f = path($0, 3); key = $1 " " $2 " " $3
+      if (f in fresh) rec = key " " fresh[f] " " f
+      else if ((f in cached) && index(cached[f], key " ") == 1) rec = cached[f] " " f
+      else { print f > (o "/stale"); next }
+      print rec > (o "/records")
+      if ($2 + 0 < recent) print rec > (o "/cache") }
+  ' "$1" "$3" "$2"
+}
+
+# save_cache NEW: NEW replaces the manifest cache (temp name, then rename) unless equal
+save_cache() {
+  cmp -s "$1" "$cache_file" 2>/dev/null && return 0
+  tmp_cache=$(mktemp "$parent_r/.batchsite-stage.XXXXXX" 2>/dev/null) || return 0
+  { cat "$1" > "$tmp_cache" && mv -f -- "$tmp_cache" "$cache_file"; } 2>/dev/null || rm -f -- "$tmp_cache"
+}
+
+do_manifest() {  # DIR [PARENT]
   dir=$1
   dir_r=$(canon "$dir"); inside "$dir_r" "$root_r" || refuse "$dir" "$dir_r"
+  resolve_parent "${2:-}"
   [ -d "$dir_r" ] || { echo "@@NODIR"; exit 0; }
   cd "$dir_r" || exit 71
-  echo "@@SIZES"
-  staged_files -printf '%s %p\n'
-  echo "@@SUMS"
-  staged_files -print0 | xargs -0 -r sha256sum --
-  echo "@@END"
+  work=$(mktemp -d "${TMPDIR:-/tmp}/batchsite-manifest.XXXXXX") || { echo "batchsite: mktemp failed in ${TMPDIR:-/tmp}" >&2; exit 72; }
+  trap 'rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+  cache_in=$cache_file; [ -r "$cache_in" ] || cache_in=/dev/null
+  staged_files -printf '%s %T@ %C@ %p\n' > "$work/stat" || exit 72
+  merge_manifest "$cache_in" "$work/stat" /dev/null "$work" || exit 72
+  if [ -s "$work/stale" ]; then
+    xargs -d '\n' sha256sum -- < "$work/stale" > "$work/sums" 2>/dev/null
+    merge_manifest "$cache_in" "$work/stat" "$work/sums" "$work" || exit 72
+  fi
+  awk 'function path(s, n) { while (n-- > 0) s = substr(s, index(s, " ") + 1); return s }
+       BEGIN { print "@@SIZES" }
+       { f = path($0, 4); print $1 " " f; sums[NR] = $4 "  " f }
+       END { print "@@SUMS"; for (i = 1; i <= NR; i++) print sums[i]; print "@@END" }' "$work/records"
+  save_cache "$work/cache"
+}
+
+# switch_over: rename the verified files of the stage ($stage/f) into DIR. Before the first
+# rename, no destination file is a directory and no destination directory is a file. A
+# directory missing on the site is renamed whole (an empty DIR: the whole stage, one rename);
+# else python3 renames every file in one process, or, without python3, one `mv -t` per
+# directory. Each file is renamed, never copied: none is ever half-written.
+switch_over() {
+  (cd f && find . -mindepth 1 -type d) > ctl/dirs || exit 72
+  # shellcheck disable=SC2016  # $1 is expanded by the inner sh
+  taken=$(cd "$dir_r" && {
+    xargs -d '\n' -r sh -c 'for f; do [ ! -d "$f" ] || echo "$f"; done' sh < "$stage/ctl/list"
+    xargs -d '\n' -r sh -c 'for d; do [ ! -e "$d" ] || [ -d "$d" ] || echo "$d"; done' sh < "$stage/ctl/dirs"
+  })
+  if [ -n "$taken" ]; then
+    echo "batchsite: $dir_r/$(echo "$taken" | head -n 1) on the site is in the way of the push (a directory where a file goes, or a file where a directory goes); nothing was replaced: remove or rename it on the site" >&2
+    exit 72
+  fi
+  if [ "$dir_r" != "$root_r" ] && [ -z "$(ls -A -- "$dir_r")" ] && rmdir -- "$dir_r" 2>/dev/null; then
+    mv -T -- f "$dir_r" && return 0
+    mkdir -p -- "$dir_r" || fail_io "$dir_r" "cannot create it again"
+  fi
+  if command -v python3 >/dev/null 2>&1; then
+    # one process renames every file (a `mv` per directory costs ~20 ms each on a busy node)
+    err=$(python3 -I -S -c '
+import os, sys
+dest = sys.argv[1]
+for rel in sys.stdin.read().splitlines():
+    os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+    os.replace("f/" + rel, os.path.join(dest, rel))
+' "$dir_r" < ctl/list 2>&1) || fail_io "$dir_r" "rename failed (files listed before it are already in place): $err"
+    return 0
+  fi
+  find f -maxdepth 1 -type f -exec mv -f -t "$dir_r" -- {} + ||
+    fail_io "$dir_r" "mv failed (nothing of this push was in place yet)"
+  moved=
+  while IFS= read -r sub; do
+    case $sub in "$moved"/*) continue ;; esac  # inside a directory renamed whole
+    if [ ! -e "$dir_r/$sub" ]; then
+      mv -T -- "f/$sub" "$dir_r/$sub" || fail_io "$dir_r/$sub" "mv failed (files of the directories before it are already in place)"
+      moved=$sub
+      continue
+    fi
+    find "f/$sub" -maxdepth 1 -type f -exec mv -f -t "$dir_r/$sub" -- {} + ||
+      fail_io "$dir_r/$sub" "mv failed (files of the directories before it are already in place)"
+  done < ctl/dirs
 }
 
 do_push() {  # DIR PARENT
-  dir=$1; parent=$2
+  dir=$1
   dir_r=$(canon "$dir"); inside "$dir_r" "$root_r" || refuse "$dir" "$dir_r"
-  parent_r=$(canon "$parent"); inside "$parent_r" "$root_r" || refuse "$parent" "$parent_r"
+  resolve_parent "$2"
   err=$(mkdir -p -- "$dir_r" "$parent_r" 2>&1) || fail_io "$dir" "$err"
-  find "$parent_r" -maxdepth 1 -type d -name '.batchsite-stage.*' -mmin +720 -exec rm -rf {} + 2>/dev/null
+  find "$parent_r" -maxdepth 1 -name '.batchsite-stage.*' -mmin +720 -exec rm -rf {} + 2>/dev/null
   stage=$(mktemp -d "$parent_r/.batchsite-stage.XXXXXX" 2>&1) || fail_io "$dir" "$stage"
   trap 'rm -rf "$stage"' EXIT
   trap 'exit 130' INT TERM
@@ -86,17 +195,12 @@ do_push() {  # DIR PARENT
       echo "batchsite: checksum mismatch after transfer into $dir; nothing was replaced" >&2
       exit 73
     fi
+    switch_over
   fi
-  last=
-  while IFS= read -r rel; do
-    case $rel in */*) dest_dir=$dir_r/${rel%/*} ;; *) dest_dir=$dir_r ;; esac
-    if [ "$dest_dir" != "$last" ]; then
-      err=$(mkdir -p -- "$dest_dir" 2>&1) || fail_io "$dest_dir" "$err"
-      last=$dest_dir
-    fi
-    mv -fT -- "f/$rel" "$dir_r/$rel" || fail_io "$dir_r/$rel" "mv failed (files listed before it are already in place)"
-  done < ctl/list
   if [ -s ctl/delete ]; then (cd "$dir_r" && xargs -d '\n' rm -f -- < "$stage/ctl/delete") || exit 72; fi
+  (cd "$dir_r" && staged_files -printf '%s %T@ %C@ %p\n') > stat 2>/dev/null &&
+    cache_in=$cache_file && { [ -r "$cache_in" ] || cache_in=/dev/null; } &&
+    merge_manifest "$cache_in" stat ctl/sums "$stage" 2>/dev/null && save_cache cache
   echo "@@SUMS"; [ -z "$got" ] || printf '%s\n' "$got"
   echo "@@DONE"
 }

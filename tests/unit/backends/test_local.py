@@ -129,7 +129,7 @@ def test_render_round_ships_the_runner_and_the_slurm_unit_script(tmp_path):
                      units=[WorkUnit(index=4, argv=["true"]), WorkUnit(index=9, argv=["false"])],
                      fanin=["true"])
     r = LocalBackend().render_round(spec)
-    assert set(r.files) == {"unit.sh", "fanin.sh", "local.json", "localsched.py"}
+    assert set(r.files) == {"unit.sh", "units.tab", "fanin.sh", "local.json", "localsched.py"}
     assert 'IDX="${BATCHSITE_INDEX}"' in r.files["unit.sh"]
     assert r.files["localsched.py"] == Path(local.__file__).parents[3].joinpath(
         "include", "localsched.py").read_text()
