@@ -20,13 +20,15 @@ from airflow.sdk.exceptions import AirflowException
 from pydantic import ValidationError
 
 from batchsite.campaign.common import explain_validation
+from batchsite.hooks.ledger import ledger_for_task
 from batchsite.hooks.site import BatchSiteHook
 from batchsite.keys import job_key
-from batchsite.model import JobState, Resources, RoundSpec, RoundStatus, Submission, TaskStatus
+from batchsite.model import JobState, RoundSpec, RoundStatus, Submission, TaskStatus, index_ranges
 from batchsite.polling import apply_vanish_grace
+from batchsite.roundinfo import read_ran_with
 from batchsite.rounds import (
-    HoldPolicy, RescuePolicy, RoundRequest, RoundResult, RoundWatch, RoundWatchEvent, classify_failures, escalate,
-    rescue_spec, spec_from_request,
+    CannotEscalate, Decision, HoldPolicy, RescuePolicy, RoundRequest, RoundResult, RoundWatch, RoundWatchEvent,
+    classify_failures, describe_failure, needs_more, out_of_memory, rescue_plan, spec_from_request,
 )
 from batchsite.site import Site
 from batchsite.triggers.round import BatchRoundTrigger
@@ -124,6 +126,12 @@ class BatchRoundOperator(BaseOperator):
         except (ValueError, ValidationError) as e:
             raise AirflowException(f"{self.task_id}: {e}") from None
 
+    def first_spec(self, context: Any, site: Site, hook: BatchSiteHook,
+                   request: RoundRequest) -> tuple[RoundSpec, dict[str, Any]]:
+        """What ``execute`` submits, and the ``RoundWatch`` numbers it starts with: the round
+        as requested (a subclass submits a rescue of another task's round instead)."""
+        return self.build_spec(context, site, hook, request), {}
+
     # ------------------------------------------------------------------ execution
     def execute(self, context: Any) -> dict[str, Any]:
         hook = BatchSiteHook(self.site_conn_id)
@@ -137,7 +145,7 @@ class BatchRoundOperator(BaseOperator):
         request = self.effective_request()
         site = hook.get_site()
         try:
-            spec = self.build_spec(context, site, hook, request)
+            spec, numbers = self.first_spec(context, site, hook, request)
             submission = site.submit(spec)
             self._submission = submission
             verb = "re-attached to existing" if submission.adopted else "submitted"
@@ -146,7 +154,8 @@ class BatchRoundOperator(BaseOperator):
             watch_state = RoundWatch.of(
                 submission, site_conn_id=self.site_conn_id, label=spec.label,
                 hold_after_seconds=(request.on_hold or HoldPolicy()).after_seconds,
-                deadline=None if self.watch_timeout is None else time.time() + self.watch_timeout)
+                deadline=None if self.watch_timeout is None else time.time() + self.watch_timeout, **numbers)
+            ledger_for_task(context, self.site_conn_id).submitted(spec, submission, attempt=watch_state.rescues)
             return self._watch(context, site, hook, request, submission, watch_state)
         finally:
             hook.close()
@@ -156,6 +165,8 @@ class BatchRoundOperator(BaseOperator):
         """Check once; finish now, watch blocking, or defer to the triggerer."""
         status = site.status([submission])[submission.key]
         self.log.info("%s", status.progress_line(watch_state.label))
+        ledger = ledger_for_task(context, self.site_conn_id)
+        ledger.observed(submission.key, status)
         if status.finished:
             return self._finish(context, site, hook, request, submission, status, watch_state)
         if not self.deferrable:
@@ -170,6 +181,7 @@ class BatchRoundOperator(BaseOperator):
                 if line != last_line:
                     self.log.info("%s", line)
                     last_line = line
+                    ledger.observed(submission.key, status)
             return self._finish(context, site, hook, request, submission, status, watch_state)
         self.defer(trigger=BatchRoundTrigger(**watch_state.model_dump(mode="json")), method_name="execute_complete")
 
@@ -194,8 +206,8 @@ class BatchRoundOperator(BaseOperator):
             self._submission = submission
             request = self.effective_request()
             if watch_event.status == "held":
-                return self._held(context, site, hook, request, submission, watch_event.round, watch_state)
-            return self._finish(context, site, hook, request, submission, watch_event.round, watch_state)
+                return self._held(context, site, hook, request, submission, watch_event.round_status(), watch_state)
+            return self._finish(context, site, hook, request, submission, watch_event.round_status(), watch_state)
         finally:
             hook.close()
 
@@ -220,6 +232,11 @@ class BatchRoundOperator(BaseOperator):
     def _finish(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest, submission: Submission,
                 status: RoundStatus, watch_state: RoundWatch) -> dict[str, Any]:
         label = watch_state.label
+        spec = self.build_spec(context, site, hook, request)
+        if watch_state.fanin_only:
+            # this attempt ran the fan-in alone, as its one unit: every unit was done before it
+            ran = next(iter(status.units.values()))
+            status = status.model_copy(update={"units": {i: DONE_EARLIER for i in spec.indices}, "fanin": ran})
         failed = status.failed_indices
         fanin_note = ""
         if status.fanin is not None and not status.fanin.state.terminal and failed:
@@ -235,23 +252,23 @@ class BatchRoundOperator(BaseOperator):
                           f"({why}). ")
             status = status.model_copy(update={"fanin": status.fanin.model_copy(
                 update={"state": JobState.FAILED, "native": "CANCELLED", "reason": why})})
-        spec = self.build_spec(context, site, hook, request)
         # a narrowed rescue submits only the failed units: the others succeeded before it
-        this_attempt = set(submission.indices)
+        this_attempt = set(submission.indices) if not watch_state.fanin_only else set()
         done_earlier = {i: DONE_EARLIER for i in spec.indices if i not in this_attempt}
         whole = status.model_copy(update={"units": {**done_earlier, **status.units}})
         decision = classify_failures(whole, request.rescue or RescuePolicy(), watch_state.rescues, label)
+        ledger = ledger_for_task(context, self.site_conn_id)
+        if decision.action != "success":
+            ledger.decided(submission.key, decision.action, decision.message, decision.ratio)
         if decision.action == "rescue":
-            return self._rescue(context, site, hook, request, spec, status, whole, watch_state, decision.message)
-        result = RoundResult(
-            key=submission.key, job_id=submission.fanout_id, fanin_id=submission.fanin_id, site=site.name,
-            workdir=submission.workdir, adopted=submission.adopted, rescues=watch_state.rescues,
-            states={str(i): s.state.value for i, s in sorted(whole.units.items())},
-            timed_out=sorted(i for i, s in whole.units.items() if s.timed_out),
-            counts=whole.counts(), failed_indices=whole.failed_indices,
-            fanin_state=status.fanin.state.value if status.fanin else None,
-            succeeded=whole.succeeded, decision=decision.action,
-        )
+            try:
+                return self._rescue(context, site, hook, request, spec, submission, status, whole, watch_state,
+                                    decision.message)
+            except CannotEscalate as e:
+                decision = Decision(action="exhausted", ratio=decision.ratio, message=f"{label}: {e}")
+                ledger.decided(submission.key, decision.action, decision.message, decision.ratio)
+        result = self.round_result(site, submission, whole, watch_state, decision)
+        ledger.finished(site, submission, whole, decision.action)
         self.log.info("%s", whole.progress_line(label))
         if not whole.succeeded:
             text = self._failure_text(label, submission, status, whole, fanin_note, decision.message)
@@ -261,41 +278,53 @@ class BatchRoundOperator(BaseOperator):
         return result.model_dump(mode="json")
 
     @staticmethod
+    def round_result(site: Site, submission: Submission, whole: RoundStatus, watch_state: RoundWatch,
+                     decision: Decision) -> RoundResult:
+        fanin = whole.fanin
+        return RoundResult(
+            key=submission.key, job_id=submission.fanout_id, fanin_id=submission.fanin_id, site=site.name,
+            workdir=submission.workdir, adopted=submission.adopted, rescues=watch_state.rescues,
+            timed_out=index_ranges(i for i, s in whole.units.items() if s.timed_out),
+            counts=whole.counts(), failed=index_ranges(whole.failed_indices),
+            fanin_state=fanin.state.value if fanin else None,
+            succeeded=whole.succeeded, decision=decision.action, message=decision.message,
+            failures={str(i): describe_failure(whole.units[i]) for i in whole.failed_indices[:50]},
+            fanin_failure=describe_failure(fanin) if fanin is not None and fanin.state is JobState.FAILED else None,
+            oom=index_ranges(i for i in whole.failed_indices if out_of_memory(whole.units[i])),
+            fanin_native=fanin.native if fanin else None, fanin_timed_out=bool(fanin and fanin.timed_out),
+        )
+
+    @staticmethod
     def _failure_text(label: str, submission: Submission, status: RoundStatus, whole: RoundStatus,
                       fanin_note: str, decision_message: str) -> str:
         failed = whole.failed_indices
         where = f"{submission.workdir}/logs/"
         if status.fanin is not None and status.fanin.state is JobState.FAILED and not failed:
-            return (f"{label}: fan-in failed ({status.fanin.native}, exit {status.fanin.exit_code}); "
-                    f"logs under {where}")
-        detail = "; ".join(
-            f"index {i}: {whole.units[i].native or 'failed'}"
-            + (f" exit {whole.units[i].exit_code}" if whole.units[i].exit_code is not None else "")
-            + (f" ({whole.units[i].reason})" if whole.units[i].reason else "")
-            for i in failed[:20]
-        )
+            return (f"{label}: fan-in failed ({describe_failure(status.fanin)}); logs under {where}. "
+                    f"{decision_message}")
+        detail = "; ".join(f"index {i}: {describe_failure(whole.units[i])}" for i in failed[:20])
         return (f"{label}: {fanin_note}{len(failed)} of {len(whole.units)} units failed: {failed} "
                 f"[{detail}]; logs under {where} (files *_<index>.out/.err). {decision_message}")
 
     def _rescue(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest, spec: RoundSpec,
-                status: RoundStatus, whole: RoundStatus, watch_state: RoundWatch, why: str) -> dict[str, Any]:
-        # the resources of the attempt that just ended: the escalations made so far, replayed
-        current = spec.model_copy(update={
-            "resources": _escalated(spec.resources, watch_state.unit_escalations),
-            "fanin_resources": (_escalated(spec.fanin_resources or spec.resources, watch_state.fanin_escalations)
-                                if watch_state.fanin_escalations else spec.fanin_resources),
-        })
-        narrow = site.backend.name != "htcondor"  # DAGMan's rescue DAG reruns only failed nodes itself
-        new_spec, notes = rescue_spec(current, whole, narrow=narrow)
-        reason = "; ".join([why, *notes])
+                submission: Submission, status: RoundStatus, whole: RoundStatus, watch_state: RoundWatch,
+                why: str) -> dict[str, Any]:
+        # from the resources the attempt that just ended ran with: the request's, as earlier rescues raised them
+        current = watch_state.raised(spec)
+        starved = any(needs_more(s) for s in [*whole.units.values(), *([whole.fanin] if whole.fanin else [])])
+        ran = read_ran_with(site, submission) if starved else None
+        # DAGMan's rescue DAG reruns only the failed nodes of the same DAG itself
+        narrow = site.backend.name != "htcondor"
+        plan = rescue_plan(current, whole, scheduler=site.backend.name, narrow=narrow,
+                           **({"ran": ran} if ran is not None else {}))
+        reason = "; ".join([why, *plan.notes])
         self.log.warning("%s", reason)
-        new_submission = site.resubmit(new_spec, status, reason=reason)
+        new_submission = site.resubmit(plan.spec, status, reason=reason)
         self._submission = new_submission
+        ledger_for_task(context, self.site_conn_id).submitted(plan.spec, new_submission,
+                                                              attempt=watch_state.rescues + 1, reason=reason)
         self.log.info("%s: rescue round submitted as job %s", watch_state.label, ",".join(new_submission.job_ids))
-        new_state = watch_state.moved_to(
-            new_submission, rescues=watch_state.rescues + 1,
-            unit_escalations=watch_state.unit_escalations + (new_spec.resources != current.resources),
-            fanin_escalations=watch_state.fanin_escalations + (new_spec.fanin_resources != current.fanin_resources))
+        new_state = watch_state.moved_to(new_submission, rescues=watch_state.rescues + 1, **RoundWatch.raises(plan))
         return self._watch(context, site, hook, request, new_submission, new_state)
 
     def on_kill(self) -> None:
@@ -309,8 +338,3 @@ class BatchRoundOperator(BaseOperator):
         finally:
             hook.close()
 
-
-def _escalated(resources: Resources, times: int) -> Resources:
-    for _ in range(times):
-        resources = escalate(resources)
-    return resources

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from batchsite.campaign.common import explain_validation
 from batchsite.hooks.site import BatchSiteHook
-from batchsite.model import RoundStatus, Submission
+from batchsite.model import JobState, RoundStatus, Submission, index_ranges
 from batchsite.rounds import RoundWatch, RoundWatchEvent
 from batchsite.triggers.round import BatchRoundTrigger
 
@@ -88,11 +88,25 @@ class BatchJobSensor(BaseSensorOperator):
             watch_event = RoundWatchEvent.model_validate(event)
         except ValidationError as e:
             raise AirflowException(explain_validation(f"{self.task_id}: trigger event", e)) from None
+        if watch_event.status == "held" and watch_event.round is not None:
+            raise AirflowException(self._held_text(watch_event))
         if watch_event.status != "finished" or watch_event.round is None:
-            raise AirflowException(f"{self.task_id}: {watch_event.status}: {watch_event.message}")
-        status = watch_event.round
+            raise AirflowException(f"{self.task_id}: {watch_event.status}: {watch_event.message or 'no detail'}")
+        status = watch_event.round_status()
         self._raise_if_failed(status, watch_event.watch.fanout_id)
-        return {"counts": status.counts(), "states": {str(i): s.state.value for i, s in status.units.items()}}
+        return {"counts": status.counts(), "failed": index_ranges(status.failed_indices)}
+
+
+    def _held_text(self, watch_event: RoundWatchEvent) -> str:
+        """Which units are held, why (HoldReason / Slurm's reason) and what to do: the
+        trigger's held event carries the status, not a message."""
+        status = watch_event.round_status()
+        held = {i: s for i, s in status.units.items() if s.state is JobState.HELD}
+        reasons = sorted({s.reason for s in held.values() if s.reason})
+        watch = watch_event.watch
+        return (f"{self.task_id}: units {index_ranges(held)} of job {watch.fanout_id} held for more than "
+                f"{watch.hold_after_seconds:g} s (reason: {'; '.join(reasons) or 'not given by the scheduler'}); "
+                "fix the cause and release them (condor_release / scontrol release), or remove them")
 
 
 class SlurmJobSensor(BatchJobSensor):

@@ -140,13 +140,16 @@ def condor_pool(site_info) -> dict:
 
 # ----------------------------------------------------------------------------- reliability ledger
 # Fault-injection and hostile-input tests record what they tried and counted; the test's own
-# outcome decides "survived". The README "Reliability" table is regenerated at session end.
+# outcome decides "survived". At session end the rows of the tests that RAN go, with the
+# commit and the time, to .state/reliability/results-<run>.json (untracked); the README table
+# is made from it by `python -m tests.reliability.ledger --readme`.
 _LEDGER_ROWS: list = []
 
 
 @pytest.fixture
 def fault_record(request):
-    """``row = fault_record(2, "slurm")`` at the start of a fault test, then fill in the counts."""
+    """``row = fault_record(2, "slurm")`` at the start of a fault test, then fill in the counts
+    (``involves_jobs=False`` for faults without jobs: their cells read "n/a")."""
     from tests.reliability.ledger import FaultRow
 
     rows = request.node.__dict__.setdefault("_ledger_rows", [])
@@ -180,14 +183,21 @@ def pytest_runtest_makereport(item, call):
     rows = item.__dict__.get("_ledger_rows")
     if not rows or rep.when != "call":
         return
-    from tests.reliability.ledger import FaultRow
+    from tests.reliability.ledger import FaultRow, utc_now
 
     for row in rows:
         if isinstance(row, FaultRow):
             row.survived = rep.passed
         else:
             row.passed = rep.passed
+        row.recorded_at = utc_now()
     _LEDGER_ROWS.extend(rows)
+
+
+def pytest_sessionstart(session):
+    from tests.reliability.ledger import new_run
+
+    session.config._ledger_run = new_run()  # the commit as the session found it
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -195,4 +205,11 @@ def pytest_sessionfinish(session, exitstatus):
         return
     from tests.reliability import ledger
 
-    ledger.write_readme(ledger.merge(_LEDGER_ROWS))
+    run = session.config._ledger_run
+    for row in _LEDGER_ROWS:
+        row.commit = run.commit
+    path = ledger.write_results(run, _LEDGER_ROWS)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"reliability ledger: {len(_LEDGER_ROWS)} rows -> {path.relative_to(REPO)}; "
+                            f"README table: {ledger.COMMAND}")

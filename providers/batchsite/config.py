@@ -7,6 +7,7 @@ typo (``remote_rot``) fails at once with the list of known names instead of bein
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ SSH_PROVIDER_EXTRAS = frozenset({
 
 #: the built-in site that needs no Airflow connection
 LOCAL_CONN_ID = "local"
+#: an HTCondor schedd name as condor_status -schedd prints it (``bsite@vm``, ``bigbird17.cern.ch``)
+SCHEDD_NAME = r"[A-Za-z0-9][A-Za-z0-9@._:-]{0,254}"
 
 
 class SiteConfig(BaseModel):
@@ -62,9 +65,14 @@ class SiteConfig(BaseModel):
     # connection reopened; condor_q on a busy lxplus schedd can take tens of seconds
     status_timeout: float = Field(default=120.0, ge=5, le=3600)
     connect_timeout: float = Field(default=20.0, ge=1, le=600)
-    # HTCondor
-    schedd: str | None = None
-    spool: bool = False
+    # HTCondor. No ``spool``: with ``-spool`` (and ``-remote``, which implies it) DAGMan's node
+    # status file, .dagman.out and the jobs' logs stay in the schedd's spool instead of the
+    # round's directory, where the status command reads them
+    schedd: str | None = Field(
+        default=None,
+        description="HTCondor: the schedd every round of this site goes to (condor_submit_dag through "
+                    "_CONDOR_SCHEDD_HOST, condor_q/condor_history/condor_rm/condor_release with -name), e.g. "
+                    "bigbird17.cern.ch. Unset: the login node's default schedd (lxplus login nodes differ).")
 
     @field_validator("remote_root", "env_script")
     @classmethod
@@ -78,6 +86,14 @@ class SiteConfig(BaseModel):
         if any(c in v for c in "\n\x00"):
             raise ValueError(f"{info.field_name} must not contain newlines or NUL")
         return v.rstrip("/") or "/"
+
+    @field_validator("schedd")
+    @classmethod
+    def _schedd_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(SCHEDD_NAME, v):
+            raise ValueError(f"{v[:100]!r} is not a schedd name (e.g. bigbird17.cern.ch or bsite@vm; "
+                             "`condor_status -schedd -af Name` lists the pool's schedds)")
+        return v
 
     @field_validator("x509_proxy")
     @classmethod
@@ -95,6 +111,9 @@ class SiteConfig(BaseModel):
     def _needs_host(self) -> SiteConfig:
         if self.transport in ("ssh", "openssh") and not self.host:
             raise ValueError(f"transport={self.transport!r} needs the connection's host")
+        if self.schedd is not None and self.scheduler != "htcondor":
+            raise ValueError(f"schedd={self.schedd!r} is an HTCondor extra but scheduler={self.scheduler!r}: "
+                             "remove it from the connection's extras")
         return self
 
     def default_resources(self) -> Resources:

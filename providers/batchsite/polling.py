@@ -4,7 +4,9 @@ Triggers in the triggerer call ``watch(submission)`` and receive ``RoundStatus``
 The poller holds one transport (one SSH connection), runs the backend's status script for
 everything registered, and fans the parsed results out. When the site is unreachable it
 retries with capped exponential backoff; only an outage longer than ``outage_grace`` fails
-the watchers. A unit that left the queue without any witness of its outcome stays VANISHED
+the watchers. The outage is counted from the last successful contact, and a status command
+that has not answered by the end of the grace counts as down (a hung command is not waited
+for until ``status_timeout``). A unit that left the queue without any witness of its outcome stays VANISHED
 for ``vanish_grace`` seconds (time for sacct / exit files to catch up), then becomes FAILED.
 
 No Airflow import: the benchmark and unit tests drive this directly.
@@ -18,12 +20,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from batchsite.backends.base import Backend, get_backend
+from batchsite.backends.base import Backend
 from batchsite.config import SiteConfig
-from batchsite.model import JobState, RoundStatus, Submission, TaskStatus
+from batchsite.model import CommandResult, JobState, RoundStatus, Submission, TaskStatus
+from batchsite.sitebuild import backend_for
 from batchsite.transport.base import AsyncTransport, HostKeyError, TransportError, backoff_delays
 
 log = logging.getLogger(__name__)
+
+#: seconds the scheduler probe (once per poller) may take at most
+PROBE_TIMEOUT = 60.0
+#: seconds any command gets to answer at least (a grace of 0 still lets the site say something)
+MIN_ANSWER = 1.0
 
 
 class SiteOutage(Exception):
@@ -112,53 +120,75 @@ class SitePoller:
             for q in w.queues:
                 q.put_nowait(item)
 
+    async def _ask(self, script: str, limit: float) -> CommandResult:
+        """One command on the site; no answer within ``limit`` seconds is a TransportError.
+
+        The bound covers connecting too, and a command that outlives it leaves its connection
+        possibly dead (dropped traffic answers nothing), so the connection is dropped."""
+        try:
+            async with asyncio.timeout(limit):
+                return await self.transport.sh(script, timeout=limit)
+        except TimeoutError as e:
+            await self.transport.close()
+            raise TransportError(f"no answer within {limit:.1f}s") from e
+
     async def _run(self) -> None:
-        outage_since: float | None = None
+        # An outage is measured from the LAST SUCCESSFUL CONTACT: a command still unanswered
+        # when the grace runs out counts as down, however long status_timeout is.
+        last_contact = self.clock()  # watching starts from a site taken as reachable
+        problem: str | None = None  # why the latest cycle failed, while it is failing
         delays = backoff_delays(min(1.0, self.interval), self.max_backoff)
+        # a command always gets this long to answer, even when our own poll interval already
+        # used up the grace (interval >= outage_grace) or the grace ends as we retry
+        least_answer = max(MIN_ANSWER, min(self.outage_grace, self.interval))
         try:
             while self._watches:
                 subs = [w.sub for w in self._watches.values()]
+                limit = min(self.status_timeout,
+                            max(last_contact + self.outage_grace - self.clock(), least_answer))
                 try:
                     if not self._probed:
-                        r = await self.transport.sh(self.backend.probe_script(), timeout=60)
+                        r = await self._ask(self.backend.probe_script(), min(limit, PROBE_TIMEOUT))
                         self.backend.apply_probe(r.out + r.err)
                         self._probed = True
                     self.cycles += 1
-                    r = await self.transport.sh(self.backend.render_status_script(subs),
-                                                timeout=self.status_timeout)
-                    statuses = self.backend.parse_status(r.out, subs)
+                    r = await self._ask(self.backend.render_status_script(subs), limit)
+                    # a thread: parsing 10,000 units must not stall the triggerer's event loop
+                    statuses = await asyncio.to_thread(self.backend.parse_status, r.out, subs)
                 except HostKeyError as e:
                     self._broadcast(e)
                     return
                 except TransportError as e:
-                    outage_since = outage_since or self.clock()
-                    down = self.clock() - outage_since
-                    if down > self.outage_grace:
+                    problem = f"site {self.name} unreachable"
+                    down = self.clock() - last_contact
+                    left = self.outage_grace - down
+                    if left <= 0:
                         self._broadcast(SiteOutage(
-                            f"site {self.name} unreachable for {down:.0f}s (> outage_grace "
-                            f"{self.outage_grace:.0f}s): {e}"))
+                            f"{problem} for {down:.0f}s (> outage_grace {self.outage_grace:g}s): {e}"))
                         return
-                    wait = next(delays)
+                    wait = min(next(delays), left)
                     log.warning("site %s unreachable (%s); retrying in %.0fs (down %.0fs of %.0fs grace)",
                                 self.name, e, wait, down, self.outage_grace)
                     await asyncio.sleep(wait)
                     continue
-                scheduler_down = any(not s.scheduler_ok for s in statuses.values())
                 wait = self.interval
-                if scheduler_down:
-                    outage_since = outage_since or self.clock()
-                    down = self.clock() - outage_since
+                if any(not s.scheduler_ok for s in statuses.values()):
+                    # the site answered, its scheduler did not: the same clock, another cause
+                    problem = f"scheduler on site {self.name} not answering"
+                    down = self.clock() - last_contact
                     if down > self.outage_grace:
                         self._broadcast(SiteOutage(
-                            f"scheduler on site {self.name} not answering for {down:.0f}s "
-                            f"(> outage_grace {self.outage_grace:.0f}s)"))
+                            f"{problem} for {down:.0f}s (> outage_grace {self.outage_grace:g}s)"))
                         return
                     # a restarting controller is not helped by being asked every few seconds
-                    wait = max(self.interval, next(delays))
+                    wait = max(self.interval, min(next(delays), self.outage_grace - down))
                     log.warning("scheduler on site %s not answering; job states UNKNOWN, asking again in %.0fs "
                                 "(down %.0fs of %.0fs grace)", self.name, wait, down, self.outage_grace)
                 else:
-                    outage_since = None
+                    last_contact = self.clock()
+                    if problem is not None:
+                        log.info("site %s answering again", self.name)
+                    problem = None
                     delays = backoff_delays(min(1.0, self.interval), self.max_backoff)
                 now = self.clock()
                 for key, w in list(self._watches.items()):
@@ -183,7 +213,7 @@ class SitePoller:
 def site_poller(cfg: SiteConfig, transport: AsyncTransport) -> SitePoller:
     """A poller with the site's own watching settings (poll_interval, outage_grace, ...)."""
     return SitePoller(
-        cfg.conn_id, transport, get_backend(cfg.scheduler),
+        cfg.conn_id, transport, backend_for(cfg),
         interval=cfg.poll_interval, outage_grace=cfg.outage_grace, vanish_grace=cfg.vanish_grace,
         max_backoff=cfg.max_backoff, status_timeout=cfg.status_timeout,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import posixpath
 import re
@@ -21,8 +22,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from batchsite.backends.base import Backend, RenderedRound
 from batchsite.backends.common import CREDENTIALS_DIR, RECORD_DIR, with_x509_proxy
+from batchsite.backends.slurm import compact_indices
+from batchsite.backends.slurm_parse import expand_indices
 from batchsite.model import CommandResult, RoundSpec, RoundStatus, Submission
 from batchsite.shellscripts import load
 from batchsite.transport.base import RemoteCommandError, Transport
@@ -104,6 +109,46 @@ class SiteCommandError(RemoteCommandError):
         self.hint = hint
 
 
+class RoundSpecMismatchError(ValueError):
+    """The round key was submitted from another round spec: adopting it would mix two rounds."""
+
+
+def spec_hash(spec: RoundSpec) -> str:
+    """What the caller asked for, independent of rendering: the round spec's fields that
+    differ from their defaults (a field added by a later release leaves old hashes valid)."""
+    data = json.dumps(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+class RecordHeader(BaseModel):
+    """Line 1 of a submission record (``submit_once.sh``'s header says where it lives):
+    what was submitted. ``spec_hash`` is the hash of the round spec the round's caller
+    gives (a rescue inherits it from the round it rescues); ``attempt`` counts
+    resubmissions from 1 (records of attempts 1..n-1 are ``submitted.<k>``, their units'
+    exit files ``status.<k>/``); ``indices`` are the units this attempt runs. A record
+    written before these fields existed has the script hash only (None / 1 / None)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    script_hash: str = Field(pattern=r"^[0-9a-f]{1,64}$")
+    spec_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{1,64}$")
+    attempt: int = Field(default=1, ge=1)
+    indices: list[int] | None = None
+
+    def line(self) -> str:
+        return " ".join([self.script_hash, f"spec={self.spec_hash or '-'}", f"attempt={self.attempt}",
+                         f"indices={compact_indices(self.indices) if self.indices else '-'}"])
+
+    @classmethod
+    def parse(cls, line: str) -> RecordHeader:
+        first, *fields = line.split() or [""]
+        values = dict(f.split("=", 1) for f in fields if "=" in f)
+        indices = values.get("indices", "-")
+        return cls(script_hash=first, spec_hash=None if values.get("spec", "-") == "-" else values["spec"],
+                   attempt=int(values.get("attempt", "1")),
+                   indices=None if indices == "-" else expand_indices(indices))
+
+
 def script_hash(rendered: RenderedRound) -> str:
     digest = hashlib.sha256()
     for name in sorted(rendered.files):
@@ -179,36 +224,44 @@ class Site:
 
     # ------------------------------------------------------------------ submit / re-attach
     def submit(self, spec: RoundSpec) -> Submission:
-        """Submit the round unless this key was submitted before; then adopt that submission.
+        """Submit the round unless this key was submitted before; then adopt that submission:
+        its own units (a rescue may have narrowed them) and ids, after checking that it was
+        made from this same round spec (else RoundSpecMismatchError, nothing submitted).
 
         With ``x509_proxy`` set, the proxy is read (and checked) here, before anything is
         sent, installed on the site by the same command, and the jobs get X509_USER_PROXY."""
+        return self._submit(spec, spec_hash(spec), attempt=1)
+
+    def _submit(self, spec: RoundSpec, round_hash: str | None, attempt: int) -> Submission:
+        """``round_hash``: the spec hash the record must carry (a rescue's is its round's)."""
         cred = self._credential()
         if cred is not None:
             spec = with_x509_proxy(spec, cred.remote_path)
+        self.probe()  # the site's limits shape the rendering (Slurm: MaxArraySize splits the array)
         rendered = self.backend.render_round(spec)
         files = dict(rendered.files)
         files["submit.sh"] = rendered.submit_script
-        digest = script_hash(rendered)
+        header = RecordHeader(script_hash=script_hash(rendered), spec_hash=round_hash, attempt=attempt,
+                              indices=spec.indices).line()
         payload = tar_files(files, rendered.executable)
         what = f"submitting {spec.label} on site {self.name}"
-        r = self._submit_once(spec, digest, payload, cred)
+        r = self._submit_once(spec, header, payload, cred)
         if r.returncode in (LOCK_STALE, LOCK_FAILED):
-            found = self._recover(spec, digest, r, what)
+            found = self._recover(spec, header, round_hash, r, what)
             if found is not None:
                 return found
-            r = self._submit_once(spec, digest, payload, cred)
+            r = self._submit_once(spec, header, payload, cred)
             if r.returncode in (LOCK_STALE, LOCK_FAILED):
                 raise self._error(r, what, "still locked after one attempt to recover")
         if r.returncode != 0:
             raise self._error(r, what)
-        return self._submission_from_record(spec, r.out)
+        return self._submission_from_record(spec, r.out, round_hash)
 
-    def _submit_once(self, spec: RoundSpec, digest: str, payload: bytes,
+    def _submit_once(self, spec: RoundSpec, header: str, payload: bytes,
                      cred: _Credential | None = None) -> CommandResult:
         # mkdir -p of the workdir happens inside the same remote command
         wait = int(self.lock_wait_seconds)
-        args = [spec.workdir, digest, spec.key, str(wait)]
+        args = [spec.workdir, header, spec.key, str(wait)]
 
         def run(*extra: str, stdin: bytes) -> CommandResult:
             return self.transport.sh(SUBMIT_ONCE, "submit", *args, *extra, stdin=stdin, timeout=120 + 3 * wait,
@@ -225,7 +278,8 @@ class Site:
                                  f"before submitting {spec.label}")
         return r
 
-    def _recover(self, spec: RoundSpec, digest: str, r: CommandResult, what: str) -> Submission | None:
+    def _recover(self, spec: RoundSpec, header: str, round_hash: str | None, r: CommandResult,
+                 what: str) -> Submission | None:
         """After exit 75/76: the submission found by name (recorded now), or None once the
         lock is cleared (or changed hands) and one more submit-once may run."""
         owner = next((ln[len("@@LOCK "):] for ln in r.out.splitlines() if ln.startswith("@@LOCK ")), "")
@@ -249,12 +303,12 @@ class Site:
                     f"{spec.key} did not settle it: {e}"), also=f"{found_reply.out}\n{found_reply.err}") from e
             if ids is not None:
                 text = self.backend.format_submit(ids).rstrip("\n") + "\n"
-                written = self.transport.sh(SUBMIT_ONCE, "write-found", spec.workdir, digest, owner,
+                written = self.transport.sh(SUBMIT_ONCE, "write-found", spec.workdir, header, owner,
                                             stdin=text.encode(), timeout=60)
                 if written.returncode != 0:
                     raise self._error(written, f"recording the submission of {spec.key} found by name")
                 if written.out.startswith("@@ADOPT"):
-                    return self._submission_from_record(spec, written.out)
+                    return self._submission_from_record(spec, written.out, round_hash)
                 return None  # the lock changed hands meanwhile: submit-once decides again
         mode = "failed" if r.returncode == LOCK_FAILED else "stale"
         cleared = self.transport.sh(SUBMIT_ONCE, "clear", spec.workdir, owner, mode, timeout=60, check=True,
@@ -265,24 +319,40 @@ class Site:
                 f"start) and no job named {spec.key} is known yet: try again later, or stop it first"))
         return None
 
-    def _submission_from_record(self, spec: RoundSpec, out: str) -> Submission:
+    def _submission_from_record(self, spec: RoundSpec, out: str, round_hash: str | None) -> Submission:
+        """The submission a record describes. ``round_hash``: the spec hash the caller's
+        round has (None: do not check, the caller moves this record aside)."""
         lines = out.splitlines()
-        if not lines or lines[0] not in ("@@ADOPT", "@@SUBMITTED"):
+        if len(lines) < 3 or lines[0] not in ("@@ADOPT", "@@SUBMITTED"):
             raise ValueError(f"unexpected reply from the site while submitting {spec.label}: {out[:500]!r}")
         adopted = lines[0] == "@@ADOPT"
-        digest, when, submit_out = lines[1], lines[2], "\n".join(lines[3:])
+        where = posixpath.join(spec.workdir, RECORD_DIR, "submitted")
+        try:
+            header = RecordHeader.parse(lines[1])
+        except ValueError as e:
+            raise ValueError(f"{where}: line 1 {lines[1][:200]!r} is not a submission record header: {e}") from None
+        if round_hash is not None and header.spec_hash is not None and header.spec_hash != round_hash:
+            raise RoundSpecMismatchError(
+                f"round {spec.key} on site {self.name}: {where} records a submission made from another round "
+                f"spec (spec hash {header.spec_hash}; this task's round has {round_hash}): its units, fan-in, "
+                f"resources or environment changed since. batchsite does not mix two specs in one round. Keep "
+                f"the round as it was submitted, or give the changed round a new key (another round_index or "
+                f"DAG run); to replace the recorded round instead, cancel its jobs and move {spec.workdir} aside")
+        when, submit_out = lines[2], "\n".join(lines[3:])
         ids = self.backend.parse_submit(submit_out)
         return Submission(
             key=spec.key,
             scheduler=self.backend.name,  # type: ignore[arg-type]
             workdir=spec.workdir,
-            indices=spec.indices,
+            # what this attempt runs: a narrowed rescue's units, not the caller's whole round
+            indices=header.indices if header.indices is not None else spec.indices,
             fanout_id=ids.fanout_id,
             fanin_id=ids.fanin_id,
             schedd=ids.schedd,
-            script_hash=digest,
+            script_hash=header.script_hash,
             submitted_at=float(when or 0),
             adopted=adopted,
+            attempt=header.attempt,
         )
 
     def _read_record(self, spec: RoundSpec) -> bytes | None:
@@ -293,14 +363,18 @@ class Site:
     def find(self, spec: RoundSpec) -> Submission | None:
         """The recorded submission of this round, or None (no side effects)."""
         raw = self._read_record(spec)
-        return None if raw is None else self._submission_from_record(spec, raw.decode("utf-8", "replace"))
+        return None if raw is None else self._submission_from_record(spec, raw.decode("utf-8", "replace"),
+                                                                     spec_hash(spec))
 
     def resubmit(self, spec: RoundSpec, last_status: RoundStatus, *, reason: str) -> Submission:
         """Submit a finished round again in the same workdir (HTCondor: ``condor_submit_dag``
         without ``-f`` picks up the rescue DAG, so only failed nodes run again).
 
         The current record is kept as ``submitted.<n>`` (next free n), the lock removed, and
-        the usual submit-once flow runs. Raises ValueError unless ``last_status`` (the last
+        the usual submit-once flow runs. ``spec`` may be narrowed to the failed units and
+        carry escalated resources: the new record keeps the spec hash of the round it
+        rescues (so the round's caller still re-attaches to it) and the next attempt
+        number. Raises ValueError unless ``last_status`` (the last
         observation of this round) says it is finished, and again unless one fresh status
         of the submission recorded now says finished and not succeeded (``last_status`` may
         be older than a resubmission by someone else). Two callers at once: one moves the
@@ -315,9 +389,13 @@ class Site:
         if "\n" in reason or "\x00" in reason:
             raise ValueError("reason must be one line")
         raw = self._read_record(spec)
+        round_hash, attempt = spec_hash(spec), 1
         if raw is not None:
+            text = raw.decode("utf-8", "replace")
             # the status given may be older than the current record (another resubmission)
-            current = self._submission_from_record(spec, raw.decode("utf-8", "replace"))
+            current = self._submission_from_record(spec, text, None)
+            header = RecordHeader.parse(text.splitlines()[1])
+            round_hash, attempt = header.spec_hash, header.attempt + 1
             now = self.status([current])[spec.key]
             if now.succeeded or not now.finished:
                 raise ValueError(
@@ -326,7 +404,7 @@ class Site:
             record = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
             self.transport.sh(SUBMIT_ONCE, "set-aside", spec.workdir, reason, stdin=record, timeout=60, check=True,
                               what=f"keep the record of {spec.key} aside")
-        return self.submit(spec)
+        return self._submit(spec, round_hash, attempt)
 
     # ------------------------------------------------------------------ watch / cancel
     def status(self, subs: Sequence[Submission]) -> dict[str, RoundStatus]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from batchsite.backends.base import get_backend
+from batchsite.backends.base import Backend, get_backend
 from batchsite.config import SiteConfig, SiteConfigError
 from batchsite.site import Site
 from batchsite.transport.base import AsyncTransport, Transport
@@ -40,9 +40,16 @@ def async_transport_for(cfg: SiteConfig, *, ssh_connect: AsyncSSHConnect | None 
     return AsyncOpenSSHTransport(_openssh_opts(cfg), env_script=cfg.env_script)
 
 
+def backend_for(cfg: SiteConfig) -> Backend:
+    """The site's scheduler backend with the connection's settings of it (HTCondor: the
+    ``schedd`` extra). Everything that renders a site's commands builds it here, so a task,
+    the triggerer's poller and a cancel all talk to the same schedd."""
+    return get_backend(cfg.scheduler, **({"schedd": cfg.schedd} if cfg.schedd else {}))
+
+
 def site_from_config(cfg: SiteConfig, *, ssh_connect: SSHConnect | None = None) -> Site:
     # the connection's X509 proxy is installed 0600 with every submission made through this site
-    return Site(cfg.conn_id, transport_for(cfg, ssh_connect=ssh_connect), get_backend(cfg.scheduler),
+    return Site(cfg.conn_id, transport_for(cfg, ssh_connect=ssh_connect), backend_for(cfg),
                 cfg.remote_root, x509_proxy=cfg.x509_proxy)
 
 

@@ -5,10 +5,18 @@
 #
 # 1. if <workdir>/.batchsite/submitted exists, print it (re-attach, nothing submitted);
 # 2. else take <workdir>/.batchsite/lock (mkdir is atomic; lock/owner names the taker:
-#    "<host> <pid> <epoch>") or wait for the other submitter (WAIT_S, Site.lock_wait_seconds);
+#    "<host> <pid> <epoch>", lock/header what it submits) or wait for the other submitter
+#    (WAIT_S, Site.lock_wait_seconds);
 # 3. unpack the rendered files (a tar on stdin), run submit.sh;
-# 4. write its stdout + the script hash to `submitted` (temp name, rename) BEFORE anything
-#    is printed back, so the job id is on the site before any caller can see it.
+# 4. write its stdout + the record header (HEADER) to `submitted` (temp name, rename) BEFORE
+#    anything is printed back, so the job id is on the site before any caller can see it.
+#
+# The record is: line 1 the HEADER Site.submit gives (what was submitted: "<script hash>
+# spec=<hash of the caller's round spec> attempt=<n> indices=<Slurm array notation>"),
+# line 2 the epoch of the submission, then submit.sh's stdout. Attempt n >= 2 is a
+# resubmission (`set-aside`): the records of attempts 1..n-1 are submitted.<k> and the
+# exit files their units wrote are in status.<k>/, so the units an attempt did not run
+# are accounted for by the earlier attempts.
 #
 # A lock without a record is never removed blindly: submit.sh may have submitted something
 # before it failed or died. `submit` exits
@@ -18,8 +26,8 @@
 #   failed.log);
 # * 76 (LOCK_FAILED) at once when it finds the lock, a `failed` marker and no record;
 # * 75 (LOCK_STALE) when it finds the lock without marker or record and none appears while
-#   it waits (past WAIT_S only while the owner still submits, at most 3 * WAIT_S): the other
-#   submitter died half-way;
+#   it waits (past WAIT_S only while the owner still submits, at most 3 * WAIT_S; at once
+#   when the owner is a dead process of this host): the other submitter died half-way;
 # * 74 when it submitted but could not write the record (the ids are in the error text);
 # * 70 / 71: the workdir could not be created / the round files could not be unpacked.
 # * 64: usage (unknown mode, missing arguments).
@@ -46,12 +54,20 @@
 # sent again. Failures exit 78 (CRED_FAILED).
 #
 # Usage (POSIX sh; Site runs it as `sh -c <this text> batchsite MODE ARGS...`):
-#   submit_once.sh submit      WORKDIR HASH KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
+# Test hook, OFF in production: when BATCHSITE_TEST_PAUSE_AFTER_ACCEPT names a file, `submit`
+# writes its pid to <file>.accepted right after submit.sh succeeded (the scheduler accepted
+# the jobs) and waits until <file> exists before writing the record. The fault tests
+# (tests/reliability/test_submit_faults.py) set it in a test-only env_script and kill the
+# submitting side in exactly that window. Nothing sets it outside those tests.
+#
+#   submit_once.sh submit      WORKDIR HEADER KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
 #       stdin: [the credential as one base64 line, when CRED_SENT=1] + a tar of the round files
-#       stdout: "@@ADOPT" or "@@SUBMITTED", then the record (hash, epoch, submit.sh's stdout);
+#       stdout: "@@ADOPT" or "@@SUBMITTED", then the record (header, epoch, submit.sh's stdout);
 #       "@@LOCK <owner>" before exit 75/76
-#   submit_once.sh write-found WORKDIR HASH OWNER_SEEN
-#       stdin: what submit.sh would have printed. Never replaces a record.
+#   submit_once.sh write-found WORKDIR HEADER OWNER_SEEN
+#       stdin: what submit.sh would have printed. Never replaces a record. The record's
+#       header is the lock's (what the lost submission submitted: lock/header), HEADER
+#       only for a lock taken before lock/header existed.
 #       stdout: "@@ADOPT" + the record, or "@@CHANGED" (the lock changed hands)
 #   submit_once.sh clear       WORKDIR OWNER_SEEN stale|failed
 #       removes lock + failed marker while the lock has OWNER_SEEN and (stale) that owner no
@@ -83,6 +99,13 @@ bs_busy() {  # the lock's owner may still be submitting: its shell lives here, o
     return
   fi
   [ $(( $(date +%s) - ${3:-0} )) -lt 600 ]
+}
+
+bs_owner_dead() {  # the lock names an owner, and that owner is a process of this host that is gone
+  bs_owner
+  # shellcheck disable=SC2086 # split the owner line "<host> <pid> <epoch>" into $1 $2 $3
+  set -- $o
+  [ -n "${2:-}" ] && [ "$1" = "$(uname -n)" ] && ! bs_busy
 }
 
 bs_mutex() {  # serialises the modes that remove a lock or a record (not the submissions)
@@ -128,8 +151,8 @@ bs_credential() {  # CRED_PATH ('' = none) CRED_SHA256 CRED_SENT; a subshell wit
   ) || exit $?
 }
 
-bs_submit() {  # WORKDIR HASH KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
-  hash=$2; key=$3; wait_s=$4
+bs_submit() {  # WORKDIR HEADER KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
+  header=$2; key=$3; wait_s=$4
   bs_credential "${5:-}" "${6:-}" "${7:-0}"
   mkdir -p "$meta" || exit 70
   if [ -s "$rec" ]; then echo "@@ADOPT"; cat "$rec"; cat >/dev/null; exit 0; fi
@@ -144,6 +167,8 @@ bs_submit() {  # WORKDIR HASH KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
         cat "$meta/failed" >&2
         exit 76
       fi
+      # a dead owner will never write the record: no need to wait for it
+      bs_owner_dead && break
       # past the wait, only while the owner still submits (at most 3 times as long)
       if [ "$i" -ge "$wait_s" ]; then { [ "$i" -lt $((wait_s * 3)) ] && bs_busy; } || break; fi
       sleep 1; i=$((i + 1))
@@ -153,8 +178,9 @@ bs_submit() {  # WORKDIR HASH KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
     exit 75
   fi
   printf '%s %s %s\n' "$(uname -n)" "$$" "$(date +%s)" > "$meta/lock/owner"
+  printf '%s\n' "$header" > "$meta/lock/header"
   rm -f "$meta/failed"
-  tar -xf - -C "$wd" || { rm -f "$meta/lock/owner"; rmdir "$meta/lock"; echo "batchsite: could not unpack round files into $wd" >&2; exit 71; }
+  tar -xf - -C "$wd" || { rm -f "$meta/lock/owner" "$meta/lock/header"; rmdir "$meta/lock"; echo "batchsite: could not unpack round files into $wd" >&2; exit 71; }
   out=$(cd "$wd" && sh ./submit.sh 2>"$meta/submit.err"); rc=$?
   if [ $rc -ne 0 ]; then
     # keep the lock: submit.sh may have submitted something before it failed
@@ -165,7 +191,11 @@ bs_submit() {  # WORKDIR HASH KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
     case $rc in 74|75|76|77|78) rc=1 ;; esac  # ours
     exit $rc
   fi
-  if ! { printf '%s\n%s\n%s\n' "$hash" "$(date +%s)" "$out" > "$rec.tmp.$$" && mv -f "$rec.tmp.$$" "$rec"; }; then
+  if [ -n "${BATCHSITE_TEST_PAUSE_AFTER_ACCEPT:-}" ]; then  # test hook (header): the accepted-but-unrecorded window
+    echo "$$" > "$BATCHSITE_TEST_PAUSE_AFTER_ACCEPT.accepted"
+    while [ ! -e "$BATCHSITE_TEST_PAUSE_AFTER_ACCEPT" ]; do sleep 0.2; done
+  fi
+  if ! { printf '%s\n%s\n%s\n' "$header" "$(date +%s)" "$out" > "$rec.tmp.$$" && mv -f "$rec.tmp.$$" "$rec"; }; then
     rm -f "$rec.tmp.$$"
     echo "batchsite: submitted, but could not write $rec (lock kept); submit.sh printed: $out" >&2
     exit 74
@@ -174,14 +204,16 @@ bs_submit() {  # WORKDIR HASH KEY WAIT_S [CRED_PATH CRED_SHA256 CRED_SENT]
   echo "@@SUBMITTED"; cat "$rec"
 }
 
-bs_write_found() {  # WORKDIR HASH OWNER_SEEN; stdin: what submit.sh would have printed
-  hash=$2; owner_seen=$3
+bs_write_found() {  # WORKDIR HEADER OWNER_SEEN; stdin: what submit.sh would have printed
+  header=$2; owner_seen=$3
   found=$(cat)
   bs_mutex
   if [ -s "$rec" ]; then rmdir "$meta/mutex"; echo "@@ADOPT"; cat "$rec"; exit 0; fi
   bs_owner
   if [ ! -d "$meta/lock" ] || [ "$o" != "$owner_seen" ]; then rmdir "$meta/mutex"; echo "@@CHANGED"; exit 0; fi
-  if ! { printf '%s\n%s\n%s\n%s\n' "$hash" "$(date +%s)" "# batchsite: found by scheduler name, the submission's own output was lost" "$found" > "$rec.tmp.$$" && mv -f "$rec.tmp.$$" "$rec"; }; then
+  # what the lost submission submitted (a rescue: its attempt and narrowed units), not the caller's guess
+  if [ -s "$meta/lock/header" ]; then read -r header < "$meta/lock/header"; fi
+  if ! { printf '%s\n%s\n%s\n%s\n' "$header" "$(date +%s)" "# batchsite: found by scheduler name, the submission's own output was lost" "$found" > "$rec.tmp.$$" && mv -f "$rec.tmp.$$" "$rec"; }; then
     rm -f "$rec.tmp.$$"; rmdir "$meta/mutex"
     echo "batchsite: could not write $rec; the scheduler has: $found" >&2; exit 74
   fi
@@ -197,7 +229,7 @@ bs_clear() {  # WORKDIR OWNER_SEEN stale|failed
   elif [ ! -d "$meta/lock" ] || [ "$o" != "$owner_seen" ]; then echo "@@CHANGED"
   elif [ "$clear_mode" = failed ] && [ ! -f "$meta/failed" ]; then echo "@@CHANGED"
   elif [ "$clear_mode" != failed ] && bs_busy; then echo "@@BUSY $o"
-  else rm -f "$meta/failed" "$meta/lock/owner"; rmdir "$meta/lock" && echo "@@CLEARED"
+  else rm -f "$meta/failed" "$meta/lock/owner" "$meta/lock/header"; rmdir "$meta/lock" && echo "@@CLEARED"
   fi
   rmdir "$meta/mutex"
 }
@@ -214,7 +246,7 @@ bs_set_aside() {  # WORKDIR REASON; stdin: the record expected
   # the last attempt's exit files must not speak for the rescue round's units
   [ -d "$wd/status" ] && mv "$wd/status" "$wd/status.$n"
   printf '%s %s %s\n' "$n" "$(date +%s)" "$reason" >> "$meta/resubmit.log"
-  rm -f "$meta/failed" "$meta/lock/owner"; rmdir "$meta/lock" 2>/dev/null
+  rm -f "$meta/failed" "$meta/lock/owner" "$meta/lock/header"; rmdir "$meta/lock" 2>/dev/null
   rmdir "$meta/mutex"
   echo "@@MOVED $n"
 }

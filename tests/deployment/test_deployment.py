@@ -24,6 +24,7 @@ import pytest
 
 from ..airflow_runs import slurm_jobs_named
 from ..conftest import on_site, site_conn
+from ..reliability.counting import slurm_round
 from .client import AirflowClient
 
 DAG = "rg_campaign"
@@ -159,10 +160,11 @@ def test_rg_campaign_on_slurm_watched_by_one_triggerer(deployment, campaign_runs
         assert len(slurm_jobs_named(site, keys[0])) == 2
 
 
-def test_triggerer_killed_while_a_round_is_deferred(deployment):
-    """SIGKILL the triggerer while it watches round 1, start another: the new triggerer resumes
-    the serialized trigger, the run succeeds, and the round ran as ONE array + ONE fan-in job
-    (nothing resubmitted)."""
+def test_triggerer_killed_while_a_round_is_deferred(deployment, fault_record):
+    """Fault 11: SIGKILL the `airflow triggerer` while it watches round 1, start another: the new
+    triggerer resumes the serialized trigger, the run succeeds, and the round ran as ONE array +
+    ONE fan-in job (nothing resubmitted), every unit COMPLETED (counted in sacct)."""
+    row = fault_record(11, "slurm, real `airflow triggerer`")
     client = deployment.client()
     site = deployment.site
     version = f"dk{uuid.uuid4().hex[:6]}"
@@ -190,6 +192,7 @@ def test_triggerer_killed_while_a_round_is_deferred(deployment):
 
     run = _wait(deployment, client, run_id, on_poll=kill_once_watched)
     assert killed, f"{task_id} was never seen deferred and watched: {client.describe_tasks(DAG, run_id)}"
+    done = time.monotonic()
     _assert_success(client, run_id, run)
     print(f"\ntriggerer pid {killed['pid']} SIGKILLed {killed['at'] - t0:.1f}s after the trigger request, "
           f"new triggerer pid {killed['new_pid']}; run finished {time.monotonic() - killed['at']:.1f}s after the kill")
@@ -204,4 +207,9 @@ def test_triggerer_killed_while_a_round_is_deferred(deployment):
     assert len(re.findall(r"RG step 1: submitted round", log)) == 1, log[-3000:]
     keys = _round_keys(site, version, 1)
     assert len(keys) == 1, keys
-    assert len(slurm_jobs_named(site, keys[0])) == 2
+    counted = slurm_round(site, keys[0], _slurm_conf(version)["batches"])
+    row.jobs_lost, row.double_submissions = counted.lost, counted.double
+    row.measured = (f"SIGKILL {killed['at'] - t0:.0f} s after the trigger request, {_trigger_starts(log, run_id, task_id)} "
+                    f"trigger starts by {len(owners)} triggerers; run done {done - killed['at']:.0f} s after the kill; "
+                    f"{len(slurm_jobs_named(site, keys[0]))} Slurm jobs (array + fan-in)")
+    assert (counted.lost, counted.double) == (0, 0), counted.states

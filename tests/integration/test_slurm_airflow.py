@@ -21,9 +21,11 @@ import uuid
 
 import pytest
 
-from ..airflow_runs import (dagman_jobs, live_jobs, slurm_jobs_named, squeue_named, start_task, task_process,
-                            wait_for_record)
+from ..airflow_runs import (dagman_jobs, live_jobs, slurm_jobs_named, slurm_states, squeue_named, start_task,
+                            task_process, wait_for_record)
 from ..conftest import dags_test, on_site, site_conn
+from ..reliability.counting import (CONDOR_COMPLETED, SLURM_STOPPED, condor_node_jobs, condor_round, round_count,
+                                    slurm_round)
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +100,10 @@ def test_task_killed_after_submit_reattaches_instead_of_resubmitting(site_info, 
     # deferral; in both cases the same round is watched and nothing is submitted again
     assert key in out and "submitted round" not in out
     n = count()
-    row.double_submissions = n - expected
-    row.jobs_lost = 0 if "Task failed" not in out else None
+    counted = round_count(site_info, scheduler, key, 4)
+    row.jobs_lost, row.double_submissions = counted.lost, counted.double
     row.measured = f"SIGKILL after the record was written; {n} {'Slurm jobs (array + fan-in)' if scheduler == 'slurm' else 'DAGMan job'} afterwards"
+    assert counted.lost == 0, counted.states
     assert n == expected
 
 
@@ -122,9 +125,13 @@ def test_on_kill_cancels_the_remote_jobs(site_info, airflow_home, scheduler, con
     while live_jobs(site_info, scheduler, key):
         assert time.monotonic() < deadline, f"jobs still queued after on_kill:\n{out[-3000:]}"
         time.sleep(0.5)
+    emptied = time.monotonic() - t0
     assert "cancelled" in out
-    row.jobs_lost, row.double_submissions = 0, 0  # cancelling is the intent; nothing was resubmitted
-    row.measured = f"queue empty {time.monotonic() - t0:.1f} s after SIGTERM"
+    # cancelling is the intent: lost = jobs that ended otherwise than cancelled or completed
+    counted = round_count(site_info, scheduler, key, 4, cancelled=True)
+    row.jobs_lost, row.double_submissions = counted.lost, counted.double
+    row.measured = f"queue empty {emptied:.1f} s after SIGTERM"
+    assert (counted.lost, counted.double) == (0, 0), counted.states
 
 
 def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeypatch, fault_record):
@@ -152,8 +159,11 @@ def test_trigger_on_kill_cancels_a_deferred_round(site_info, slurm_conn, monkeyp
     while squeue_named(site_info, key):
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    row.jobs_lost, row.double_submissions = 0, 0
-    row.measured = f"trigger on_kill: queue empty after {time.monotonic() - t0:.1f} s"
+    emptied = time.monotonic() - t0
+    counted = slurm_round(site_info, key, 3, expected=SLURM_STOPPED)
+    row.jobs_lost, row.double_submissions = counted.lost, counted.double
+    row.measured = f"trigger on_kill: queue empty after {emptied:.1f} s"
+    assert (counted.lost, counted.double) == (0, 0), counted.states
 
 
 def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, airflow_home, slurm_conn,
@@ -169,8 +179,15 @@ def test_failed_indices_are_named_and_the_stuck_fanin_is_cancelled(site_info, ai
     assert f"{site_info['remote_root']}/test/{tag}/" in out  # where the logs are
     key = re.search(r"round (bs-failing-[0-9a-f]+)", out).group(1)
     assert squeue_named(site_info, key) == []  # nothing left pending forever
-    row.jobs_lost, row.double_submissions = 0, len(slurm_jobs_named(site_info, key)) - 2
-    row.measured = "failure names exactly [2, 5] and the logs dir; never-startable fan-in cancelled"
+    states = slurm_states(site_info, key)
+    failed = sorted(int(j.split("_")[1]) for j, s in states.items() if "_" in j and s == "FAILED")
+    completed = sum(1 for j, s in states.items() if "_" in j and s == "COMPLETED")
+    # expected: 6 units COMPLETED, units 2 and 5 FAILED (their own exit 3), the fan-in CANCELLED
+    row.jobs_lost = (8 - completed - len(failed)) + sum(1 for i in failed if i not in (2, 5))
+    row.double_submissions = len(slurm_jobs_named(site_info, key)) - 2
+    row.measured = (f"failure names exactly {failed} (sacct FAILED) and the logs dir; never-startable fan-in "
+                    f"{next((s for j, s in states.items() if '_' not in j), 'absent')}")
+    assert row.jobs_lost == 0, states
     assert row.double_submissions == 0
 
 
@@ -204,7 +221,10 @@ def test_time_limit_removal_escalates_the_job_flavour(site_info, airflow_home, c
     sub = on_site(site_info, f"grep -h JobFlavour {site_info['remote_root']}/test/{tag}/{key}/*.sub")
     assert "microcentury" in sub.stdout  # the rescue round ran with the next flavour
     # the rescue is the same DAG submitted again (DAGMan reads its rescue file): 2 DAGMan jobs
-    row.jobs_lost, row.double_submissions = 0, len(dagman_jobs(site_info, key)) - 2
+    nodes = condor_node_jobs(site_info, key)
+    done = {name for name, status, code in nodes if status == CONDOR_COMPLETED and code == "0"}
+    row.jobs_lost = 4 - len(done)  # 3 units + the fan-in node
+    row.double_submissions = len(dagman_jobs(site_info, key)) - 2
     row.measured = "removed at espresso's limit -> rescue of that node with JobFlavour microcentury"
     assert row.double_submissions == 0
 
@@ -222,11 +242,19 @@ def test_held_node_is_reported_and_released(site_info, airflow_home, condor_pool
             break
         assert time.monotonic() < deadline, "the node job never ran"
         time.sleep(0.5)
-    assert on_site(site_info, f"condor_hold {r.stdout.split()[0]}").returncode == 0  # a real hold
+    cluster = r.stdout.split()[0]
+    assert on_site(site_info, f"condor_hold {cluster}").returncode == 0  # a real hold
+    held_at = time.monotonic()
+    while on_site(site_info, f"condor_q {cluster} -af JobStatus").stdout.strip() == "5":  # 5 = held
+        assert time.monotonic() - held_at < 120, "the held node was never released"
+        time.sleep(0.5)
+    held_for = time.monotonic() - held_at
     out, _ = p.communicate(timeout=300)
     assert "Task failed" not in out, out[-5000:]
     assert "HoldReason: via condor_hold (by user bsite)" in out
     assert "released" in out
-    row.jobs_lost, row.double_submissions = 0, len(dagman_jobs(site_info, key)) - 1
-    row.measured = "HoldReason in the task log; released by policy after 2 s; round succeeded"
+    counted = condor_round(site_info, key, 2)  # the unit + the fan-in node
+    row.jobs_lost, row.double_submissions = counted.lost, counted.double
+    row.measured = f"HoldReason in the task log; released by policy {held_for:.0f} s after condor_hold; round succeeded"
+    assert counted.lost == 0, counted.states
     assert row.double_submissions == 0

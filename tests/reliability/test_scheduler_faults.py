@@ -93,13 +93,22 @@ def test_slurm_time_limit_reruns_with_a_longer_limit(site_info, slurm_timeout_ru
     tag, a = slurm_timeout_run["tag"], slurm_timeout_run["reader"]
     out = a.finish(timeout=600)
     assert "Task failed" not in out, out[-5000:]
-    assert re.search(r"units \[0\] hit their time limit: .* time 1 -> 2 min", out), out[-4000:]
+    assert re.search(r"units \[0\] hit their time limit \(1 min\): .* time 1 -> 2 min", out), out[-4000:]
     key = re.search(r"round (bs-slowslurm-[0-9a-f]+)", out).group(1)
     wd = f"{site_info['remote_root']}/test/{tag}/{key}"
     counts = [int(x) for x in on_site(site_info, f"cd {wd} && cat runs_0.log | wc -l; cat runs_1.log | wc -l; "
                                                  "cat runs_2.log | wc -l").stdout.split()]
     states = slurm_states(site_info, key)
     assert "TIMEOUT" in states.values(), states
+    # the limit each attempt actually ran with, as Slurm enforced it: the rescue's is larger
+    limits = on_site(site_info, f"sacct -n -P -X --name={key} --starttime=now-1days -o JobID,Timelimit").stdout
+    by_array: dict[str, set[str]] = {}
+    for line in limits.split():
+        job, limit = line.split("|")
+        if "_" in job:
+            by_array.setdefault(job.split("_")[0], set()).add(limit)
+    first, rescue = (by_array[a] for a in sorted(by_array, key=int))
+    assert (first, rescue) == ({"00:01:00"}, {"00:02:00"}), by_array
     row.jobs_lost = sum(1 for c in counts if c == 0)
     row.double_submissions = (counts[0] - 2) + (counts[1] - 1) + (counts[2] - 1)
     row.measured = f"TIMEOUT at --time=1 -> rerun of unit 0 only with 2 min; unit runs {counts}"

@@ -57,7 +57,8 @@ def test_defers_then_completes(local_root):
     assert watch.indices == "0-1" and watch.rescues == 0
     assert 590 < watch.deadline - time.time() <= 600
     result = op.execute_complete(context(), event_of(trigger))
-    assert result["succeeded"] and result["decision"] == "success" and result["states"] == {"0": "done", "1": "done"}
+    assert result["succeeded"] and result["decision"] == "success" and result["counts"]["done"] == 2
+    assert result["failed"] == "" and result["timed_out"] == "" and "states" not in result
     assert result["key"] == watch.round_key and result["fanin_state"] == "done"
 
 
@@ -74,7 +75,7 @@ def test_a_rescue_redefers_with_only_the_failed_units(local_root, tmp_path):
     result = op.execute_complete(context(task_id="flaky"), event_of(rescue))
     # the units done in the first attempt count as done: the operator derives them, the trigger never carried them
     assert result["succeeded"] and result["rescues"] == 1
-    assert result["states"] == {str(i): "done" for i in range(6)}
+    assert result["counts"]["done"] == 6 and result["failed"] == ""
 
 
 def test_failed_units_are_named(local_root):
@@ -86,7 +87,7 @@ def test_failed_units_are_named(local_root):
         op.execute_complete(context(task_id="failing"), event_of(trigger))
     # the campaign's way: report, do not raise (the request's field wins over the constructor's True)
     op.round_request = {"fail_on_failure": False}
-    assert op.execute_complete(context(task_id="failing"), event_of(trigger))["failed_indices"] == [2]
+    assert op.execute_complete(context(task_id="failing"), event_of(trigger))["failed"] == "2"
 
 
 def test_a_timeout_or_error_event_fails_the_task_with_its_message(local_root):
@@ -103,3 +104,39 @@ def test_a_bad_round_request_names_the_field(local_root):
     op = BatchRoundOperator(task_id="bad", site_conn_id="local", units=[["true"]], round_request={"thrtle": 2})
     with pytest.raises(AirflowException, match="thrtle: unknown key"):
         op.execute(context(task_id="bad"))
+
+
+def test_local_jobs_get_an_allow_listed_environment(local_root, tmp_path, monkeypatch):
+    """A secret in the worker's environment never reaches a job of the local site: only the
+    allow-list (transport/local.py ALLOWED_ENV) and the round's own env do."""
+    monkeypatch.setenv("MY_CLOUD_TOKEN", "s3cr3t-token-value")
+    monkeypatch.setenv("AIRFLOW_CONN_SOMESITE", "ssh://user:pw@host")
+    monkeypatch.setenv("LC_TIME", "C")
+    seen = tmp_path / "env_seen"
+    op = BatchRoundOperator(task_id="envprobe", site_conn_id="local", units=[["sh", "-c", f"sleep 0.5; env > {seen}"]],
+                            env={"ROUND_SETTING": "from-the-round"})
+    trigger = deferred(lambda: op.execute(context(task_id="envprobe")))
+    assert op.execute_complete(context(task_id="envprobe"), event_of(trigger))["succeeded"]
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert "s3cr3t-token-value" not in seen.read_text() and "AIRFLOW_CONN_SOMESITE" not in env
+    assert "MY_CLOUD_TOKEN" not in env
+    assert env["ROUND_SETTING"] == "from-the-round" and env["LC_TIME"] == "C"
+    assert env["PATH"] and env["HOME"]
+
+
+def test_a_failed_fanin_alone_reruns_only_the_fanin(local_root, tmp_path):
+    """32 units done + a failed fan-in: the rescue runs the fan-in alone (it was a ratio of 1/32
+    before, and the rescue reran all 32 units). Default thresholds."""
+    d = tmp_path
+    unit = f'sleep 0.3; echo run >> {d}/runs_$0.log'
+    fanin = f'sleep 0.5; echo run >> {d}/fanin_runs.log; [ -e {d}/fanin_ok ] && exit 0; touch {d}/fanin_ok; exit 2'
+    op = BatchRoundOperator(task_id="merge", site_conn_id="local", units=[["sh", "-c", unit, str(i)] for i in range(32)],
+                            fanin=["sh", "-c", fanin], throttle=16)
+    first = deferred(lambda: op.execute(context(task_id="merge")))
+    rescue = deferred(lambda: op.execute_complete(context(task_id="merge"), event_of(first)))
+    watch = RoundWatch.model_validate(rescue.serialize()[1])
+    assert watch.fanin_only and watch.indices == "0" and watch.rescues == 1
+    result = op.execute_complete(context(task_id="merge"), event_of(rescue))
+    assert result["succeeded"] and result["fanin_state"] == "done" and result["counts"]["done"] == 32
+    assert [len((d / f"runs_{i}.log").read_text().split()) for i in range(32)] == [1] * 32  # no unit reran
+    assert (d / "fanin_runs.log").read_text().split() == ["run", "run"]

@@ -124,3 +124,57 @@ def test_a_unit_gone_without_witness_is_vanished_then_failed_after_the_grace(loc
     t_vanished, last = seen[0][0], seen[-1]
     assert last[1].state is JobState.FAILED and last[1].native == "VANISHED"
     assert last[0] - t_vanished >= 0.6 - 0.15  # not before the grace (one interval of slack)
+
+
+class HangingTransport(CountingTransport):
+    """The local site, until ``hang()``: from then on every command hangs (a real sleep), as
+    over dropped traffic, where an established connection neither answers nor breaks."""
+
+    def __init__(self, hang_for: float):
+        super().__init__()
+        self.hang_for = hang_for
+        self.hanging_since: float | None = None
+        self.answered: list[float] = []  # when each command's answer came back
+
+    def hang(self) -> None:
+        self.hanging_since = time.monotonic()
+
+    async def _exec(self, line, stdin, timeout):
+        self.commands.append((time.monotonic(), line))
+        if self.hanging_since is not None:
+            await asyncio.sleep(self.hang_for)
+        result = await AsyncLocalTransport._exec(self, line, stdin, timeout)
+        self.answered.append(time.monotonic())
+        return result
+
+
+def test_a_hung_status_command_counts_as_down_from_the_last_contact(local_site):
+    """The outage clock starts at the last answer, not when a hung command finally times out:
+    status_timeout 60 s, outage_grace 1.5 s -> the watchers fail ~1.5 s after the last answer."""
+    sub = submit(local_site, ["sh", "-c", "sleep 8"])
+    transport = HangingTransport(hang_for=60)
+    p = poller(transport, interval=0.2, outage_grace=1.5, status_timeout=60, max_backoff=0.5)
+
+    async def watch_then_hang():
+        async for _ in p.watch(sub):
+            if transport.hanging_since is None and len(transport.answered) >= 3:
+                transport.hang()
+
+    with pytest.raises(SiteOutage, match=r"site local unreachable for \ds \(> outage_grace 1.5s\)") as err:
+        asyncio.run(asyncio.wait_for(watch_then_hang(), 20))
+    failed = time.monotonic()
+    last_answer = transport.answered[-1]
+    assert transport.hanging_since is not None
+    # measured from the last answer: the grace, plus the slack of one poll cycle
+    assert 1.5 <= failed - last_answer < 1.5 + 1.0, (failed - last_answer, str(err.value))
+
+
+def test_a_slow_site_that_answers_within_the_grace_is_not_down(local_site):
+    """Commands that each take 0.6 s, a grace of 1.5 s: slow is not down; the round finishes."""
+    sub = submit(local_site, ["sh", "-c", "sleep 1.5"])
+    transport = HangingTransport(hang_for=0.6)
+    transport.hang()
+    p = poller(transport, interval=0.2, outage_grace=1.5, status_timeout=60)
+    status = asyncio.run(asyncio.wait_for(watch_until_finished(p, sub), 30))
+    assert status.succeeded
+    assert len(transport.answered) >= 3  # several slow answers, none counted as an outage

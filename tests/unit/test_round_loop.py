@@ -5,8 +5,11 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, task
 
+from airflow.providers.standard.operators.hitl import HITLOperator
+
 from batchsite.operators.round import BatchRoundOperator
 from batchsite.operators.round_loop import round_loop
+from batchsite.rounds import REVIEW_ACCEPT, REVIEW_OPTIONS
 
 
 def prepare(partition: dict, setup: dict) -> dict:
@@ -39,7 +42,7 @@ def build(max_rounds: int = 2, **kw) -> DAG:
 
 def test_two_rounds_build_the_expected_tasks():
     dag = build()
-    per_round = ["prepare", "submit", "collect"]
+    per_round = ["prepare", "submit", "review", "after_review", "collect"]
     rounds = {f"round_{r:02d}.{t}" for r in (1, 2) for t in per_round}
     expected = {"setup", "first", "replan_01", "replan_02"} | rounds
     assert set(dag.task_ids) == expected
@@ -49,6 +52,15 @@ def test_two_rounds_build_the_expected_tasks():
     assert dag.get_task("round_02.prepare").upstream_task_ids >= {"replan_01"}
     assert "round_02.prepare" in submit.upstream_task_ids
     assert dag.get_task("replan_02").upstream_task_ids == {"round_02.collect", "setup"}
+    # the review: a human-in-the-loop task on submit's result; its outcome reaches collect,
+    # which runs whether or not a review happened (skipped) but not after an abort (failed)
+    review, after = dag.get_task("round_02.review"), dag.get_task("round_02.after_review")
+    assert isinstance(review, HITLOperator) and review.options == list(REVIEW_OPTIONS)
+    assert review.defaults == [REVIEW_ACCEPT] and review.response_timeout is not None
+    assert review.upstream_task_ids == {"round_02.submit"}
+    assert after.upstream_task_ids >= {"round_02.review", "round_02.submit"} and after.fail_on_failure is False
+    collect = dag.get_task("round_02.collect")
+    assert collect.trigger_rule == "none_failed" and "round_02.after_review" in collect.upstream_task_ids
 
 
 def test_group_names_follow_the_campaign():

@@ -5,7 +5,7 @@ import pytest
 from batchsite.config import local_site_config
 from batchsite.model import JobState, Resources, RoundSpec, RoundStatus, TaskStatus, WorkUnit
 from batchsite.rounds import (
-    RescuePolicy, ResourceRequest, RoundRequest, RoundWatch, classify_failures, escalate, next_flavour, rescue_spec,
+    RescuePolicy, ResourceRequest, RoundRequest, RoundWatch, classify_failures, escalate, next_flavour, rescue_plan,
     spec_from_request,
 )
 
@@ -30,7 +30,8 @@ def test_wms2_failure_ratio_policy(n, failed, done, expect):
     d = classify_failures(status(n, failed), RescuePolicy(), done, "iter01")
     assert d.action == expect
     if expect == "review":
-        assert "stopped for review" in d.message and "Clear the task" in d.message
+        # no promise that cannot work ("clear the task to rescue" re-adopted the same submission)
+        assert "needs a review" in d.message and "clear" not in d.message.lower()
 
 
 def test_flavour_ladder():
@@ -38,8 +39,8 @@ def test_flavour_ladder():
     assert next_flavour(None) == "microcentury"  # lxplus default is espresso
     assert next_flavour("testmatch") == "nextweek"
     assert next_flavour("nextweek") is None
-    r = escalate(Resources(job_flavour="longlunch", time_minutes=30))
-    assert r.job_flavour == "workday" and r.time_minutes == 60
+    r = escalate(Resources(job_flavour="longlunch"), "htcondor")
+    assert r.job_flavour == "workday" and r.time_minutes is None
 
 
 def spec(n=8):
@@ -48,14 +49,14 @@ def spec(n=8):
                      resources=Resources(job_flavour="espresso"))
 
 
-def test_rescue_spec_narrows_and_escalates():
-    s, notes = rescue_spec(spec(), status(8, failed=[2], timed_out=[5]), narrow=True)
-    assert [u.index for u in s.units] == [2, 5]
-    assert s.resources.job_flavour == "microcentury"
-    assert any("JobFlavour espresso -> microcentury" in n for n in notes)
+def test_rescue_plan_narrows_and_escalates():
+    plan = rescue_plan(spec(), status(8, failed=[2], timed_out=[5]), scheduler="htcondor", narrow=True)
+    assert [u.index for u in plan.spec.units] == [2, 5]
+    assert plan.spec.resources.job_flavour == "microcentury"
+    assert any("JobFlavour espresso -> microcentury" in n for n in plan.notes)
     # DAGMan's rescue DAG narrows by itself: keep every node
-    s, _ = rescue_spec(spec(), status(8, failed=[2]), narrow=False)
-    assert len(s.units) == 8 and s.resources.job_flavour == "espresso"
+    plan = rescue_plan(spec(), status(8, failed=[2]), scheduler="htcondor", narrow=False)
+    assert len(plan.spec.units) == 8 and plan.spec.resources.job_flavour == "espresso"
 
 
 def test_spec_from_request_appends_key_and_applies_site_defaults(tmp_path):
@@ -121,4 +122,6 @@ def test_maxidle_reaches_condor_submit_dag(tmp_path):
     cfg = local_site_config(str(tmp_path))
     request = RoundRequest(units=[["true"]], submit_options={"maxidle": 10, "maxjobs": None})
     s = spec_from_request(request, key="bs-t-1", cfg=cfg, site_path=lambda p: f"{tmp_path}/{p}")
-    assert "condor_submit_dag -batch-name bs-t-1 -maxidle 10 bs-t-1.dag" in render_submit_script(s)
+    # the rendered submit.sh sets its inputs as variables after its header (shellscripts.with_values)
+    script = render_submit_script(s)
+    assert "options='-maxidle 10'" in script.splitlines() and "-maxjobs" not in script.split("options=", 1)[1]

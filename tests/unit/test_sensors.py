@@ -28,7 +28,7 @@ def test_deferred_sensor_waits_for_a_round_submitted_elsewhere(local_site):
     watch = RoundWatch.model_validate(e.value.trigger.serialize()[1])
     assert watch.round_key == sub.key and watch.deadline is not None  # the sensor's timeout, absolute
     result = sensor.execute_complete({}, event_of(e.value.trigger))
-    assert result["counts"]["done"] == 2 and result["states"] == {"0": "done", "1": "done"}
+    assert result["counts"]["done"] == 2 and result["failed"] == ""
 
 
 def test_poke_reports_a_failed_round(local_site):
@@ -53,3 +53,21 @@ def test_scheduler_pinned_sensor_refuses_another_site(local_site):
     sensor = SlurmJobSensor(task_id="wait", site_conn_id="local", submission=sub.model_dump(mode="json"))
     with pytest.raises(AirflowException, match="needs a slurm site"):
         sensor.execute({})
+
+
+def test_a_held_event_names_the_held_units_and_their_reason(local_site):
+    """The trigger's held event has no message: the sensor said "held: None" before."""
+    from batchsite.model import JobState, RoundDigest, RoundStatus, TaskStatus
+    from batchsite.rounds import RoundWatchEvent
+
+    sub = submit(local_site, ["true"], ["true"], ["true"])
+    wait_finished(local_site, sub)
+    held = TaskStatus(state=JobState.HELD, native="5", reason="via condor_hold (by user bsite)")
+    status = RoundStatus(key=sub.key, units={0: held, 1: held, 2: TaskStatus(state=JobState.DONE)})
+    event = RoundWatchEvent(status="held", watch=RoundWatch.of(sub, site_conn_id="local", label="wait"),
+                            round=RoundDigest.of(status))
+    sensor = BatchJobSensor(task_id="wait", site_conn_id="local", submission=sub.model_dump(mode="json"))
+    with pytest.raises(AirflowException) as e:
+        sensor.execute_complete({}, event.model_dump(mode="json"))
+    text = str(e.value)
+    assert "units 0-1 of job" in text and "via condor_hold (by user bsite)" in text and "None" not in text, text

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from batchsite.backends.base import SubmitIds
 from batchsite.backends.local import LocalBackend
 from batchsite.backends.local_parse import parse_submit
 from batchsite.model import JobState, RoundSpec, RoundStatus, Submission, TaskStatus, WorkUnit
-from batchsite.site import LOCK_FAILED, LOCK_STALE, Site, SiteCommandError
+from batchsite.site import LOCK_FAILED, LOCK_STALE, RoundSpecMismatchError, Site, SiteCommandError, spec_hash
 from batchsite.transport.local import LocalTransport
 
 PY = os.environ.get("BATCHSITE_TEST_LOCAL_PYTHON") or (
@@ -175,16 +177,21 @@ def test_stale_lock_without_marker_adopts_the_record_written_meanwhile(root):
     spec = make_spec(site, "bs-stale-adopt", [["sleep", "0.3"]])
     first = site.submit(spec)
     m = meta(spec)
-    # a concurrent submitter: lock held, no marker, its record lands 1.5 s later
+    # a concurrent submitter still at work (its shell lives): lock held, no marker, its
+    # record lands 1.5 s later
     hidden = m / "elsewhere"
     (m / "submitted").rename(hidden)
     assert (m / "lock").is_dir() and not (m / "failed").exists()
+    other = subprocess.Popen(["sh", "-c", "sleep 30", "batchsite", spec.workdir], start_new_session=True)
+    (m / "lock" / "owner").write_text(f"{socket.gethostname()} {other.pid} {int(time.time())}\n")
     t = threading.Timer(1.5, lambda: hidden.rename(m / "submitted"))
     t.start()
     try:
         sub = make_site(root[0]).submit(spec)
     finally:
         t.join()
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait()
     assert sub.adopted and sub.fanout_id == first.fanout_id
     assert runner_starts(spec) == 1
     assert wait_finished(site, first).succeeded
@@ -216,7 +223,7 @@ def test_stale_lock_found_by_name_is_recorded_and_adopted(root):
     sub = site.submit(spec)
     assert sub.adopted and sub.fanout_id == first.fanout_id
     rec = (m / "submitted").read_text().splitlines()
-    assert rec[0] == sub.script_hash and rec[2].startswith("# batchsite: found by scheduler name")
+    assert rec[0].split()[0] == sub.script_hash and rec[2].startswith("# batchsite: found by scheduler name")
     assert rec[3] == f"local={first.fanout_id}"
     assert runner_starts(spec) == 1
     assert site.find(spec).fanout_id == first.fanout_id
@@ -245,9 +252,6 @@ def test_lock_changed_hands_is_not_cleared(root):
 def test_lock_of_a_submitter_still_running_is_never_cleared(root):
     """75 is not "died half-way" while the owner's shell still runs (a slow sbatch): the
     waiter waits longer, and the lock is not cleared even when nothing is found by name."""
-    import socket
-    import subprocess
-
     site = new_site(root, FindingLocal())
     site.lock_wait_seconds = 1
     spec = make_spec(site, "bs-busy", [["true"]])
@@ -301,6 +305,74 @@ def test_resubmit_refuses_unfinished_keeps_old_record_and_runs_again(root):
     with pytest.raises(ValueError, match="succeeded"):
         make_site(root[0]).resubmit(spec, st, reason="late")
     assert not (m / "submitted.2").exists() and runner_starts(spec) == 2
+
+
+def test_readoption_after_a_narrowed_rescue_keeps_the_rescue_units(root):
+    """Defect 2 of issue 13: the record says what the attempt ran; the round's caller (its
+    whole spec, same key) re-attaches to the narrowed rescue, not to all the units."""
+    site = new_site(root)
+    flaky = ["sh", "-c", "[ -e again ] || { touch again; exit 3; }"]
+    spec = make_spec(site, "bs-narrow", [["true"], flaky, ["true"]])
+    st = wait_finished(site, site.submit(spec))
+    assert st.failed_indices == [1]
+    narrowed = spec.model_copy(update={"units": [u for u in spec.units if u.index == 1]})
+    rescue = site.resubmit(narrowed, st, reason="rescue: unit 1")
+    assert rescue.indices == [1]
+    header = (meta(spec) / "submitted").read_text().splitlines()[0].split()
+    assert header[1:] == [f"spec={spec_hash(spec)}", "attempt=2", "indices=1"]
+    assert (meta(spec) / "submitted.1").read_text().splitlines()[0].split()[2:] == ["attempt=1", "indices=0-2"]
+    # the units the rescue did not run: their exit files are the first attempt's, in status.1
+    assert sorted(p.name for p in Path(spec.workdir, "status.1").glob("*.exit")) == ["0.exit", "1.exit", "2.exit"]
+    again = make_site(root[0]).submit(spec)  # a task retry / clear: the caller's whole spec
+    assert again.adopted and again.fanout_id == rescue.fanout_id and again.indices == [1]
+    assert (rescue.attempt, again.attempt) == (2, 2)  # a re-attaching task continues the rescue count
+    assert set(wait_finished(site, again).units) == {1} and runner_starts(spec) == 2
+    # another spec under the same key is never adopted
+    changed = spec.model_copy(update={"units": [*spec.units[:2], spec.units[2].model_copy(update={"argv": ["false"]})]})
+    with pytest.raises(RoundSpecMismatchError, match=f"spec hash {spec_hash(spec)}.*new key"):
+        make_site(root[0]).submit(changed)
+    assert runner_starts(spec) == 2
+
+
+def test_a_rescue_whose_record_was_lost_is_recorded_as_what_it_submitted(root):
+    """A narrowed rescue dies after its runner started, before its record: the round's caller
+    (whole spec, attempt 1 in its header) finds it by name, and the record written says what
+    the lost submission submitted (the lock's header: attempt 2, unit 1), not the caller's guess."""
+    site = new_site(root, FindingLocal())
+    site.lock_wait_seconds = 1
+    flaky = ["sh", "-c", "[ -e again ] || { touch again; exit 3; }"]
+    spec = make_spec(site, "bs-lost-rescue", [["true"], flaky, ["true"]])
+    first = site.submit(spec)
+    assert first.attempt == 1
+    st = wait_finished(site, first)
+    narrowed = spec.model_copy(update={"units": [u for u in spec.units if u.index == 1]})
+    rescue = site.resubmit(narrowed, st, reason="rescue: unit 1")
+    m = meta(spec)
+    assert (m / "lock" / "header").read_text().split()[2:] == ["attempt=2", "indices=1"]
+    (m / "submitted").unlink()  # the rescue's record never made it
+    found = new_site(root, FindingLocal()).submit(spec)
+    assert found.adopted and found.fanout_id == rescue.fanout_id
+    assert (found.indices, found.attempt) == ([1], 2)
+    rec = (m / "submitted").read_text().splitlines()
+    assert rec[0].split()[1:] == [f"spec={spec_hash(spec)}", "attempt=2", "indices=1"]
+    assert rec[2].startswith("# batchsite: found by scheduler name")
+    assert wait_finished(site, found).succeeded and runner_starts(spec) == 2
+
+
+def test_a_dead_owner_is_not_waited_for(root):
+    """A lock whose owner is a dead process of this host: 75 at once, not after the wait."""
+    site = new_site(root, FindingLocal())
+    site.lock_wait_seconds = 30
+    spec = make_spec(site, "bs-dead-owner", [["true"]])
+    m = meta(spec)
+    (m / "lock").mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (m / "lock" / "owner").write_text(f"{socket.gethostname()} {gone.pid} {int(time.time())}\n")
+    t0 = time.monotonic()
+    sub = site.submit(spec)  # found nothing by name: cleared and submitted
+    assert time.monotonic() - t0 < 10 and not sub.adopted and runner_starts(spec) == 1
+    assert wait_finished(site, sub).succeeded
 
 
 def test_exit_codes_are_distinct():
@@ -357,8 +429,8 @@ def test_two_resubmissions_at_once_submit_once(root):
 
 # ---------------------------------------------------------------------------- environment
 def test_local_jobs_do_not_inherit_airflow_secrets(root, monkeypatch):
-    """A job on the local site sees the user's environment but not Airflow's own variables:
-    connection URIs (passwords, keys) and config (DB URL, Fernet key)."""
+    """A job on the local site sees an allow-listed environment: never Airflow's own variables
+    (connection URIs with passwords and keys, the DB URL, the Fernet key) nor any other."""
     monkeypatch.setenv("AIRFLOW_CONN_SECRET_SITE", "ssh://u:BSSECRET-pw-local@h")
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "BSSECRET-fernet-local")
     monkeypatch.setenv("BATCHSITE_USER_SETTING", "kept")
@@ -367,5 +439,6 @@ def test_local_jobs_do_not_inherit_airflow_secrets(root, monkeypatch):
     sub = site.submit(spec)
     assert wait_finished(site, sub).units[0].state is JobState.DONE
     env = Path(spec.workdir, "env.txt").read_text()
-    assert "BATCHSITE_USER_SETTING=kept" in env  # the environment is passed, minus Airflow's
+    # an allow-list (transport/local.py ALLOWED_ENV), not "everything but Airflow's"
+    assert "BATCHSITE_USER_SETTING" not in env and "PATH=" in env
     assert "BSSECRET" not in env and "AIRFLOW" not in env

@@ -57,7 +57,7 @@ def run_until_event(trigger: BatchRoundTrigger, timeout: float = 60) -> RoundWat
 def test_run_fires_finished_for_a_real_round(local_site):
     sub = submit(local_site, ["true"], ["sh", "-c", "sleep 0.5"], fanin=["true"])
     event = run_until_event(trigger_for(sub))
-    assert event.status == "finished" and event.round.succeeded
+    assert event.status == "finished" and event.round_status().succeeded
     # the submission is rebuilt from the flat ids (the record's hash and time are not needed to watch)
     record_only = {"script_hash", "submitted_at"}
     assert event.watch.submission("local").model_dump(exclude=record_only) == sub.model_dump(exclude=record_only)
@@ -110,7 +110,7 @@ def test_on_kill_cancels_its_round_and_leaves_the_shared_poller_to_the_others(lo
             return RoundWatchEvent.model_validate(event.payload)
 
     event, shared = asyncio.run(scenario())
-    assert event.status == "finished" and event.round.succeeded  # the other round was watched to its end
+    assert event.status == "finished" and event.round_status().succeeded  # the other round was watched to its end
     status = wait_finished(local_site, killed, timeout=20)
     assert {s.state for s in status.units.values()} == {JobState.FAILED}
     assert {s.native for s in status.units.values()} <= {"CANCELLED", "SIGNALLED"}, status

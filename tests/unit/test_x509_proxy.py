@@ -68,6 +68,7 @@ def wait_done(site, sub, timeout=20.0):
 
 def test_proxy_installed_0600_and_every_job_reads_it(site, proxy):
     spec = spec_for(site, "bs-x509-a")
+    site.probe()  # once per site (the scheduler's limits shape the rendering); not the proxy's cost
     n0 = site.transport.counters.commands_run
     sub = site.submit(spec)
     # first time: the hash alone (stale on the site), then hash + content: two commands

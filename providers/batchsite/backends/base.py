@@ -110,11 +110,13 @@ def register(cls: type[Backend]) -> type[Backend]:
 KNOWN = ("slurm", "htcondor", "local")
 
 
-def get_backend(name: str) -> Backend:
-    """Backend by scheduler name; each module registers its class when imported."""
+def get_backend(name: str, **settings: str) -> Backend:
+    """Backend by scheduler name; each module registers its class when imported.
+    ``settings``: the site's keyword settings of that backend (HTCondor: ``schedd``);
+    ``batchsite.sitebuild.backend_for`` gives them from a site's config."""
     import importlib
 
     if name not in KNOWN:
         raise ValueError(f"scheduler={name!r} is not known; use one of {list(KNOWN)}")
     importlib.import_module(f"batchsite.backends.{name}")
-    return _REGISTRY[name]()
+    return _REGISTRY[name](**settings)

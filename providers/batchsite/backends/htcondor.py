@@ -15,19 +15,27 @@ Choices, each checked against a real HTCondor 25.13.2 pool (see the fixtures):
   ``MAXJOBS <cat> <n>``, and the layer submit files get a second ``queue`` line
   (``str(Submit)`` already ends with one); every submit description is parsed back with
   ``htcondor2.Submit`` and compared key by key before anything is returned;
-* ``condor_submit_dag -batch-name <key>`` without ``-f``: submitting the same DAG again
-  after a failure picks up its rescue DAG, so only failed nodes run again; ``submit.sh``
-  moves the previous run's node status and metrics files aside first, so a poll never
-  reads the last run's outcome as this run's;
-* ``submit.sh`` prints ``dagman=<cluster> schedd=<name>``; the schedd name comes from the
-  DAGMan job's ``GlobalJobId`` (lxplus maps each user to one of many schedds and a later
-  SSH login may land on a node that defaults to another): every later query, removal and
-  re-attach uses ``-name <schedd>``;
+* ``condor_submit_dag -batch-name <key>`` without ``-f`` (``htcondor_submit.sh``):
+  submitting the same DAG again after a failure picks up its rescue DAG, so only failed
+  nodes run again; the previous run's node status and metrics files are moved aside first,
+  so a poll never reads the last run's outcome as this run's;
+* the schedd: the site connection's ``schedd`` extra (``HTCondorBackend(schedd=...)``),
+  else the login node's default. ``condor_submit_dag`` has no ``-name`` and ``-remote``
+  implies ``-spool`` (DAGMan's files would stay in the schedd's spool, away from the
+  workdir this backend reads): it submits through ``_CONDOR_SCHEDD_HOST``. ``submit.sh``
+  prints ``dagman=<cluster> schedd=<name>``, the name from the DAGMan job's ``GlobalJobId``
+  (lxplus maps each user to one of many schedds and a later SSH login may land on a node
+  that defaults to another): every later query, removal and release of the round uses
+  ``-name`` with the schedd its record names (the configured one for a record without);
 * status: ONE script; per schedd one ``condor_q -json`` (DAGMan jobs + node jobs, by
   cluster id) and, only when a DAG left the queue or a node failed, one bounded
   ``condor_history -json``; then per round the node status file, the metrics file, the
   completion lines of ``.dagman.out`` and the exit files. A failing command is recorded
-  in its section (``!err`` / ``!rc``), never fatal.
+  in its section (``!err`` / ``!rc``), never fatal;
+* re-attach without a record (``htcondor_find.sh``): the DAGMan job by batch name in the
+  queue AND in the history (bounded by ``-completedsince``), and DAGMan's own log of the
+  runs it made in the workdir (``Workflow batch-id``), so a DAG that finished already, or
+  that went where it cannot be seen, is never submitted a second time.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import htcondor2
 from htcondor2 import dags
 from htcondor2.dags import formatter as dag_formatter
 
+from batchsite import shellscripts
 from batchsite.backends import common
 from batchsite.backends import htcondor_parse
 from batchsite.backends.base import Backend, RenderedRound, SubmitIds, register
@@ -61,6 +70,8 @@ RETRY_UNLESS_EXIT = 2
 #: DAGMan rejects node names with whitespace, '.', '+'; keep them shell- and file-safe
 NODE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 _RESERVED_NODE_NAMES = {"parent", "child", "all_nodes", FANIN_LAYER}
+SUBMIT_SCRIPT = shellscripts.load("batchsite.backends", "htcondor_submit.sh")
+FIND_SCRIPT = shellscripts.load("batchsite.backends", "htcondor_find.sh")
 
 
 @dataclass(frozen=True)
@@ -262,7 +273,9 @@ def render_dag(spec: RoundSpec, unit_sub: str, fanin_sub: str | None, opts: Opti
     )
     layer_names = {UNIT_LAYER: [names[i] for i in order]}
     if fanin_sub is not None:
-        units.child_layer(name=FANIN_LAYER, submit_description=htcondor2.Submit(fanin_sub), **retry)
+        n = spec.retries if spec.fanin_retries is None else spec.fanin_retries
+        fanin_retry = {"retries": n, "retry_unless_exit": RETRY_UNLESS_EXIT} if n else {}
+        units.child_layer(name=FANIN_LAYER, submit_description=htcondor2.Submit(fanin_sub), **fanin_retry)
         layer_names[FANIN_LAYER] = [FANIN_LAYER]
     writer = dags.writer.DAGWriter(dag, node_name_formatter=_Names(layer_names))
     lines = list(writer.yield_dag_file_lines())
@@ -289,37 +302,25 @@ def fix_maxjobs(lines: list[str], max_jobs: dict[str, int]) -> list[str]:
     return out
 
 
-def render_submit_script(spec: RoundSpec) -> str:
-    """POSIX sh, run with cwd = workdir. Prints condor_submit_dag's stdout, then
-    ``dagman=<cluster> schedd=<schedd name>``."""
+def render_submit_script(spec: RoundSpec, schedd: str | None = None) -> str:
+    """``htcondor_submit.sh`` for this round (run with cwd = workdir): prints
+    condor_submit_dag's stdout, then ``dagman=<cluster> schedd=<schedd name>``.
+    ``schedd``: where to submit (the connection's ``schedd`` extra), None for the default."""
     key = spec.key
-    moved = " ".join(q(f) for f in (node_status_file(key), metrics_file(key)))
-    throttles = "".join(f" -{k} {int(v)}" for k, v in sorted(spec.submit_options.items()) if v)
-    return "\n".join([
-        "#!/bin/sh",
-        f"# batchsite round {key}: submit",
-        "set -u",
-        f"mkdir -p {LOG_DIR} {common.STATUS_DIR} || exit 1",
-        "# a resubmission (the rescue DAG runs the failed nodes) must not read the last run's files",
-        f'for f in {moved}; do [ -f "$f" ] && mv -f "$f" "$f.prev"; done',
-        f"out=$(condor_submit_dag -batch-name {q(key)}{throttles} {q(dag_file(key))}); rc=$?",
-        "printf '%s\\n' \"$out\"",
-        'if [ "$rc" -ne 0 ]; then echo "batchsite: condor_submit_dag exited $rc" >&2; exit 1; fi',
-        "c=$(printf '%s\\n' \"$out\" | sed -n 's/.*submitted to cluster \\([0-9][0-9]*\\)\\..*/\\1/p' | tail -n 1)",
-        '[ -n "$c" ] || { echo "batchsite: no cluster id in the output of condor_submit_dag" >&2; exit 1; }',
-        "# the schedd that holds the DAG: GlobalJobId is <schedd>#<cluster>.<proc>#<time>",
-        "s=$(condor_q \"$c\" -af GlobalJobId 2>/dev/null | sed -n '1s/#.*//p')",
-        '[ -n "$s" ] || s=$(condor_config_val SCHEDD_HOST 2>/dev/null) || s=',
-        f'echo "dagman=$c schedd=$s{" fanin=" + FANIN_LAYER if spec.fanin else ""}"',
-    ]) + "\n"
+    options = " ".join(f"-{k} {int(v)}" for k, v in sorted(spec.submit_options.items()) if v)
+    return shellscripts.with_values(
+        SUBMIT_SCRIPT, key=key, dag=dag_file(key), node_status=node_status_file(key), metrics=metrics_file(key),
+        dirs=f"{LOG_DIR} {common.STATUS_DIR}", options=options, schedd=schedd or "",
+        fanin_node=FANIN_LAYER if spec.fanin else "")
 
 
-def render_round(spec: RoundSpec, opts: Options = Options()) -> RenderedRound:
+def render_round(spec: RoundSpec, opts: Options = Options(), schedd: str | None = None) -> RenderedRound:
     names = node_names(spec)
     unit_sub = render_submit_file(spec, fanin=False, opts=opts)
     fanin_sub = render_submit_file(spec, fanin=True, opts=opts) if spec.fanin else None
     files = {
         UNIT_SCRIPT: common.render_unit_script(spec, '"$1"', retries=0),
+        common.UNIT_TABLE: common.render_unit_table(spec),
         f"{UNIT_LAYER}.sub": unit_sub,
         dag_file(spec.key): render_dag(spec, unit_sub, fanin_sub, opts),
         CONFIG_FILE: "\n".join(f"{k} = {v}" for k, v in _dagman_config(opts).items()) + "\n",
@@ -330,7 +331,7 @@ def render_round(spec: RoundSpec, opts: Options = Options()) -> RenderedRound:
     if any(n != f"unit{i}" for i, n in names.items()):
         files[node_map_file(spec.key)] = "".join(f"{i} {n}\n" for i, n in names.items())
     executable = frozenset({UNIT_SCRIPT, FANIN_SCRIPT} & set(files))
-    return RenderedRound(files=files, submit_script=render_submit_script(spec), executable=executable)
+    return RenderedRound(files=files, submit_script=render_submit_script(spec, schedd), executable=executable)
 
 
 parse_submit = htcondor_parse.parse_submit
@@ -377,12 +378,19 @@ def _cluster_ids(subs: Sequence[Submission]) -> list[str]:
     return out
 
 
-def _schedd_groups(subs: Sequence[Submission]) -> dict[str, list[Submission]]:
+def _check_schedd(schedd: str | None, where: str) -> None:
+    """A schedd name goes into shell lines: letters, digits and ``@._:-`` only."""
+    if schedd is not None and not re.fullmatch(r"[A-Za-z0-9@._:-]+", schedd):
+        raise ValueError(f"{where}: schedd {schedd!r} is not a schedd name")
+
+
+def _schedd_groups(subs: Sequence[Submission], default: str | None) -> dict[str, list[Submission]]:
+    """The rounds by the schedd to ask (one command per schedd): the one each record names,
+    ``default`` (the connection's ``schedd``) for a record without, "-" for the default one."""
     groups: dict[str, list[Submission]] = {}
     for s in subs:
-        if s.schedd is not None and not re.fullmatch(r"[A-Za-z0-9@._:-]+", s.schedd):
-            raise ValueError(f"{s.key}: schedd {s.schedd!r} is not a schedd name")
-        groups.setdefault(htcondor_parse.schedd_section(s.schedd), []).append(s)
+        _check_schedd(s.schedd, s.key)
+        groups.setdefault(htcondor_parse.schedd_section(s.schedd, default), []).append(s)
     return groups
 
 
@@ -406,12 +414,12 @@ def condor_history_command(section: str, clusters: Sequence[str], since: int, li
             f"-attributes {','.join(ATTRIBUTES)} -completedsince {since} -limit {limit}")
 
 
-def render_status_script(subs: Sequence[Submission]) -> str:
+def render_status_script(subs: Sequence[Submission], default_schedd: str | None = None) -> str:
     if not subs:
         return "true\n"
     _cluster_ids(subs)
     lines = [common.RUN_HELPER]
-    for section, group in _schedd_groups(subs).items():
+    for section, group in _schedd_groups(subs, default_schedd).items():
         clusters = [s.fanout_id for s in group]
         since = int(min(s.submitted_at for s in group)) - 3600
         since = max(since, 0)
@@ -448,14 +456,14 @@ def render_status_script(subs: Sequence[Submission]) -> str:
 
 # ---------------------------------------------------------------------------- cancel / find / probe
 
-def render_cancel_script(subs: Sequence[Submission]) -> str:
+def render_cancel_script(subs: Sequence[Submission], default_schedd: str | None = None) -> str:
     """``condor_rm`` of the DAGMan clusters (their node jobs go with them; DAGMan writes a
     rescue DAG). Exit 0 even when some DAGs had already left the queue."""
     if not subs:
         return "true\n"
     _cluster_ids(subs)
     lines = []
-    for section, group in _schedd_groups(subs).items():
+    for section, group in _schedd_groups(subs, default_schedd).items():
         ids = " ".join(s.fanout_id for s in group)
         lines.append(f"condor_rm{_name_opt(section)} -reason 'cancelled by batchsite' {ids} 2>&1")
         lines.append('echo "condor_rm exit $?"')
@@ -463,13 +471,13 @@ def render_cancel_script(subs: Sequence[Submission]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_release_script(subs: Sequence[Submission]) -> str:
+def render_release_script(subs: Sequence[Submission], default_schedd: str | None = None) -> str:
     """``condor_release`` of the held node jobs of these DAGs (and of a held DAGMan job)."""
     if not subs:
         return "true\n"
     _cluster_ids(subs)
     lines = []
-    for section, group in _schedd_groups(subs).items():
+    for section, group in _schedd_groups(subs, default_schedd).items():
         ors = " || ".join(f"DAGManJobId == {s.fanout_id} || ClusterId == {s.fanout_id}" for s in group)
         lines.append(f"condor_release{_name_opt(section)} -constraint {q(f'JobStatus == 5 && ({ors})')} 2>&1")
         lines.append('echo "condor_release exit $?"')
@@ -479,23 +487,19 @@ def render_release_script(subs: Sequence[Submission]) -> str:
 
 def render_find_by_batch_name_script(key: str, schedd: str | None = None, workdir: str | None = None) -> str:
     """The DAGMan job(s) submitted with ``-batch-name <key>`` (to re-attach a round whose
-    submission record is lost). With ``workdir``: whether DAGMan ever ran there (its
-    ``.dagman.out``), and the earlier records and failed attempts."""
+    submission record is lost), queued or already in the history, on ``schedd`` (None: the
+    default one); ``htcondor_find.sh`` says how. With ``workdir``: the runs DAGMan logged
+    there (its ``.dagman.out``), and the earlier records and failed attempts."""
     if not SAFE_NAME.match(key):
         raise ValueError(f"key={key!r} is not a safe job name")
-    section = htcondor_parse.schedd_section(schedd)
-    c = f'JobBatchName == "{key}" && JobUniverse == 7'
-    lines = [
-        common.RUN_HELPER,
-        common.section_header("find", key),
-        f"bs_run condor_q{_name_opt(section)} -constraint {q(c)} -af ClusterId GlobalJobId",
-    ]
+    _check_schedd(schedd, key)
+    meta = f"{workdir}/{common.RECORD_DIR}" if workdir is not None else None
+    find = shellscripts.with_values(
+        FIND_SCRIPT, mark=common.SECTION, key=key, schedd=schedd or "",
+        lock=f"{meta}/lock/owner" if meta else "", dagman_out=f"{workdir}/{dagman_out_file(key)}" if workdir else "")
+    lines = [common.RUN_HELPER, find]
     if workdir is not None:
-        lines += [
-            common.section_header("files", key),
-            f"[ -f {q(workdir + '/' + dagman_out_file(key))} ] && echo dagman-out",
-            common.render_history_sections(workdir),
-        ]
+        lines.append(common.render_history_sections(workdir))
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
@@ -518,28 +522,32 @@ def probe_script() -> str:
 class HTCondorBackend(Backend):
     name: ClassVar[str] = "htcondor"
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: Options | None = None, *, schedd: str | None = None) -> None:
+        _check_schedd(schedd, "HTCondorBackend")
         self.options = options or Options()
+        #: the site connection's ``schedd`` extra: where rounds are submitted and looked for,
+        #: and what a record without a schedd name is asked on (None: the default schedd)
+        self.schedd = schedd
         self.version: str | None = None
         self.kerberos_ok: bool | None = None  # learnt by apply_probe (None: no klist)
 
     def render_round(self, spec: RoundSpec) -> RenderedRound:
-        return render_round(spec, self.options)
+        return render_round(spec, self.options, self.schedd)
 
     def parse_submit(self, stdout: str) -> SubmitIds:
         return parse_submit(stdout)
 
     def render_status_script(self, subs: Sequence[Submission]) -> str:
-        return render_status_script(subs)
+        return render_status_script(subs, self.schedd)
 
     def parse_status(self, text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus]:
-        return htcondor_parse.parse_status(text, subs)
+        return htcondor_parse.parse_status(text, subs, self.schedd)
 
     def render_cancel_script(self, subs: Sequence[Submission]) -> str:
-        return render_cancel_script(subs)
+        return render_cancel_script(subs, self.schedd)
 
     def render_release_script(self, subs: Sequence[Submission]) -> str:
-        return render_release_script(subs)
+        return render_release_script(subs, self.schedd)
 
     def probe_script(self) -> str:
         return probe_script()
@@ -548,8 +556,8 @@ class HTCondorBackend(Backend):
         self.version, self.kerberos_ok = htcondor_parse.parse_probe(text)
 
     def render_find_script(self, spec: RoundSpec) -> str:
-        # the submitting login node's default schedd: where condor_submit_dag just sent it
-        return render_find_by_batch_name_script(spec.key, None, spec.workdir)
+        # where submit.sh sends it: the configured schedd, else this login node's default
+        return render_find_by_batch_name_script(spec.key, self.schedd, spec.workdir)
 
     def parse_find(self, text: str, spec: RoundSpec) -> SubmitIds | None:
         return htcondor_parse.parse_find_by_batch_name(text, spec.key, bool(spec.fanin))
@@ -557,9 +565,13 @@ class HTCondorBackend(Backend):
     def format_submit(self, ids: SubmitIds) -> str:
         return format_submit(ids)
 
-    @staticmethod
-    def diagnose(text: str) -> str | None:
-        """A clear message for Kerberos/AFS/schedd errors in a tool's output, or None."""
+    def diagnose(self, text: str) -> str | None:
+        """A clear message for Kerberos/AFS/schedd errors in a tool's output, or None; a
+        schedd that cannot be located while the connection names one: the ``schedd`` extra."""
+        if self.schedd is not None:
+            hint = htcondor_parse.diagnose_configured_schedd(text, self.schedd)
+            if hint is not None:
+                return hint
         return htcondor_parse.diagnose_credentials(text)
 
 

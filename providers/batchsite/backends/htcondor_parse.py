@@ -23,8 +23,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import classad2
-
 from batchsite.backends import common
 from batchsite.backends.base import SubmitIds
 from batchsite.model import JobState, RoundStatus, Submission, TaskStatus
@@ -52,8 +50,10 @@ TIME_LIMIT = re.compile(
 _NODE_FAILED = re.compile(r"failed with (status|signal) (-?\d+)")
 
 
-def schedd_section(schedd: str | None) -> str:
-    return schedd or "-"
+def schedd_section(schedd: str | None, default: str | None = None) -> str:
+    """The schedd a round is asked on: its record's, else ``default`` (the connection's
+    ``schedd``), else "-" (the login node's default schedd)."""
+    return schedd or default or "-"
 
 
 # ---------------------------------------------------------------------------- sections
@@ -103,16 +103,85 @@ class NodeStatusFile:
         return self.end.get("NextUpdate") == 0
 
 
+#: the tokens of a node status file, one regex pass (in C) over the whole text: an ad's
+#: ``[`` and ``]``, ``Name = "string";``, ``Name = {`` (a list, its strings on the next
+#: lines up to ``}``), a list item, ``Name = value;`` (number, boolean, expression)
+_TOKENS = re.compile(
+    r'(?:^|(?<=;))[ \t]*(?:(\[)|(\])|([A-Za-z_]\w*) = (?:"((?:[^"\\\n]|\\.)*)";|(\{)[ \t]*$|([^;"{\n]+);)'
+    r'|"((?:[^"\\\n]|\\.)*)",?[ \t]*$|(\});?)',
+    re.M,
+)
+_ESCAPE = re.compile(r"\\(.)")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "b": "\b", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPE.sub(lambda e: _ESCAPES.get(e.group(1), e.group(1)), text) if "\\" in text else text
+
+
+def _plain_value(text: str) -> object | None:
+    """A number or a boolean; None for an expression (never used here)."""
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return None
+
+
+def parse_node_status_ads(text: str) -> list[dict] | None:
+    """The ads of a node status file, in one pass: strings, numbers, booleans and string
+    lists (classad2.parseAds on the whole file costs O(N^2): 12-14 s for 50,000 nodes).
+    DAGMan writes each ad as a ``[`` ... ``]`` block with one ``Name = value;`` per line
+    (src/condor_dagman/dag.cpp, ``Dag::DumpNodeStatus``); several attributes on one line
+    (``A = 1; B = "x";``) are read too. None when the text is not
+    complete (DAGMan rewrites it in place): a block or a list never closed."""
+    ads: list[dict] = []
+    current: dict | None = None
+    open_list: list | None = None
+    for opening, closing, name, string, brace, plain, item, list_end in _TOKENS.findall(text):
+        if open_list is not None:
+            if list_end:
+                open_list = None
+            elif opening or closing or name:
+                return None  # a list never closed
+            else:
+                open_list.append(_unescape(item))
+            continue
+        if opening:
+            if current is not None:
+                return None
+            current = {}
+        elif closing:
+            if current is None:
+                return None
+            ads.append(current)
+            current = None
+        elif current is None or not name:
+            continue
+        elif brace:
+            current[name] = open_list = []
+        elif plain:
+            value = int(plain) if plain.isdigit() else _plain_value(plain)
+            if value is not None:
+                current[name] = value
+        else:
+            current[name] = _unescape(string)
+    return None if current is not None or open_list is not None else ads
+
+
 def parse_node_status(text: str | None) -> NodeStatusFile | None:
     """The NODE_STATUS_FILE (New ClassAd syntax, with comments). None when absent, empty,
-    or not complete: ``parseAds`` stops silently at a truncation, so the last ad must be
-    the ``StatusEnd`` one."""
+    or not complete: DAGMan rewrites it in place, so the last ad must be the
+    ``StatusEnd`` one."""
     if not text or not text.strip():
         return None
-    try:
-        ads = [dict(a) for a in classad2.parseAds(text, classad2.ParserType.New)]
-    except Exception:
-        return None
+    ads = parse_node_status_ads(text)
     if not ads or ads[-1].get("Type") != "StatusEnd":
         return None
     dag = next((a for a in ads if a.get("Type") == "DagStatus"), {})
@@ -223,6 +292,9 @@ def history_job_status(ad: dict | None) -> TaskStatus | None:
     return None
 
 
+_NODE_DONE = TaskStatus(state=JobState.DONE, native=NODE_STATUS[5], exit_code=0)
+
+
 def node_file_status(node: dict, job: dict | None = None) -> TaskStatus:
     """One ``NodeStatus`` ad of the node status file (``job``: the node's latest job ad,
     from the queue or the history, for hold and removal reasons)."""
@@ -247,7 +319,7 @@ def node_file_status(node: dict, job: dict | None = None) -> TaskStatus:
     if code == 4:
         return TaskStatus(state=JobState.RUNNING, native=native, reason="POST script running")
     if code == 5:
-        return TaskStatus(state=JobState.DONE, native=native, exit_code=0)
+        return _NODE_DONE  # one shared (immutable) object: most nodes of a big DAG end here
     if code == 6:
         exit_code = None
         if m := _NODE_FAILED.search(details):
@@ -444,12 +516,12 @@ class _DagObservation:
         return TaskStatus(state=JobState.UNKNOWN, native="unobserved", reason="schedd not answering")
 
 
-def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus]:
+def parse_status(text: str, subs: Sequence[Submission], default_schedd: str | None = None) -> dict[str, RoundStatus]:
     sections = common.split_sections(text or "")
-    views = _schedd_views(sections, {schedd_section(s.schedd) for s in subs})
+    views = _schedd_views(sections, {schedd_section(s.schedd, default_schedd) for s in subs})
     out: dict[str, RoundStatus] = {}
     for s in subs:
-        view = views[schedd_section(s.schedd)]
+        view = views[schedd_section(s.schedd, default_schedd)]
         r = _DagObservation(s, view, sections)
         exits = common.parse_exit_files(sections.get(("exit", s.key), ""))
         names = parse_node_map(sections.get(("map", s.key)))
@@ -463,37 +535,60 @@ def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus
 
 # ---------------------------------------------------------------------------- find / probe
 
-def parse_find_by_batch_name(text: str, key: str, has_fanin: bool = False) -> SubmitIds | None:
-    """``SubmitIds`` of the DAGMan job named ``key``, None when there is none. Raises
-    ValueError when condor_q failed (so "none" is never "could not look"), when more
-    than one DAGMan job carries the name, or when none is in the queue but DAGMan ran in
-    the round's directory (``files`` section: it finished, or went to another schedd).
-    DAGMan jobs of earlier records (``record`` sections) do not count."""
-    sections = common.split_sections(text or "")
-    cmd = common.parse_run_section(sections.get(("find", key)))
-    if not cmd.ok:
-        msg = f"could not look up DAGMan jobs named {key}: {cmd.error_text()}"
-        hint = diagnose_credentials("\n".join(cmd.err_lines))
-        raise ValueError(f"{msg}; {hint}" if hint else msg)
-    earlier = common.earlier_submissions(text, parse_submit)
-    old = {ids.fanout_id for ids in earlier}
-    found: list[tuple[str, str | None]] = []
-    for line in cmd.lines:
+def _job_lines(section: common.RunSection) -> list[tuple[str, str | None]]:
+    """``ClusterId GlobalJobId`` lines -> (cluster, schedd name from the GlobalJobId)."""
+    out = []
+    for line in section.lines:
         parts = line.split()
-        if parts and parts[0].isdigit() and parts[0] not in old:
+        if parts and parts[0].isdigit():
             schedd = parts[1].split("#", 1)[0] if len(parts) > 1 and "#" in parts[1] else None
-            found.append((parts[0], schedd))
-    if not found:
-        if not earlier and "dagman-out" in sections.get(("files", key), "").split():
-            raise ValueError(
-                f"no DAGMan job named {key} is in the queue, but DAGMan ran in the round's directory "
-                f"({key}.dag.dagman.out exists): it finished already, or it went to another schedd. "
-                f"Look for it with condor_history -constraint 'JobBatchName == \"{key}\"'")
-        return None
+            out.append((parts[0], schedd))
+    return out
+
+
+def parse_find_by_batch_name(text: str, key: str, has_fanin: bool = False) -> SubmitIds | None:
+    """``SubmitIds`` of the DAGMan job named ``key`` (``htcondor_find.sh``'s output), queued
+    or already in the history; None when it was definitely not submitted. DAGMan jobs of
+    earlier records (``record`` sections: the attempts a rescue set aside) do not count.
+
+    Raises ValueError, so that the caller never submits on a guess, when condor_q or
+    condor_history failed ("none" is never "could not look"), when more than one DAGMan job
+    carries the name, and when none is found but DAGMan's log in the round's directory
+    records a run that no record names (``Workflow batch-id``: it went to another schedd,
+    or the history no longer has it)."""
+    sections = common.split_sections(text or "")
+    earlier: list[SubmitIds] = common.earlier_submissions(text, parse_submit)
+    old_clusters = {ids.fanout_id for ids in earlier}
+    found: dict[str, str | None] = {}
+    for name, tool in (("find", "condor_q"), ("findhist", "condor_history")):
+        cmd = common.parse_run_section(sections.get((name, key)))
+        if not cmd.ok:
+            msg = f"could not look up DAGMan jobs named {key} ({tool}): {cmd.error_text()}"
+            hint = diagnose_credentials("\n".join(cmd.err_lines))
+            raise ValueError(f"{msg}; {hint}" if hint else msg)
+        for cluster, schedd in _job_lines(cmd):
+            # an earlier attempt's DAG: the same cluster on the same schedd (or a side that does not say)
+            if not any(ids.schedd in (schedd, None) or schedd is None for ids in earlier if ids.fanout_id == cluster):
+                found.setdefault(cluster, schedd)
     if len(found) > 1:
-        raise ValueError(f"more than one DAGMan job carries the batch name {key}: {[c for c, _ in found]}")
-    cluster, schedd = found[0]
-    return SubmitIds(fanout_id=cluster, fanin_id=FANIN_NODE if has_fanin else None, schedd=schedd)
+        raise ValueError(f"more than one DAGMan job carries the batch name {key}: {sorted(found, key=int)}")
+    if found:
+        ((cluster, schedd),) = found.items()
+        return SubmitIds(fanout_id=cluster, fanin_id=FANIN_NODE if has_fanin else None, schedd=schedd)
+    files = sections.get(("files", key), "").split()
+    if "dagman-out" in files:
+        runs = [files[i + 1] for i, word in enumerate(files[:-1]) if word == "batch-id"]
+        unrecorded = sorted(set(runs) - old_clusters, key=int) if runs else []
+        # without batch-id lines (older DAGMan): more starts than records is a run no record names
+        if unrecorded or (not runs and files.count("start") > len(earlier)):
+            which = f"DAGMan job {', '.join(unrecorded)}" if unrecorded else "a DAGMan job"
+            raise ValueError(
+                f"{which} ran in the round's directory ({key}.dag.dagman.out), no submission record names it, "
+                f"and no DAGMan job named {key} is in the queue or the history of the schedd asked: it went to "
+                f"another schedd (set the site connection's `schedd` extra to the schedd the round's DAGs go to) "
+                f"or the history no longer has it. Find it with condor_history -name <schedd> -constraint "
+                f"'JobBatchName == \"{key}\"'; nothing is submitted again")
+    return None
 
 
 def parse_probe(text: str) -> tuple[str | None, bool | None]:
@@ -507,6 +602,13 @@ def parse_probe(text: str) -> tuple[str | None, bool | None]:
 
 
 # ---------------------------------------------------------------------------- credentials
+
+#: what the tools print when the schedd asked for cannot be located (captured:
+#: condor_q_no_such_schedd.txt, condor_q_unknown_schedd_host.txt, condor_history_no_such_schedd.txt)
+SCHEDD_NOT_LOCATED = re.compile(
+    r"Can't find address (of|for) (local )?schedd|Extra Info: You probably saw this error because "
+    r"the condor_schedd is not|Collector has no record of schedd|Unable to locate remote schedd|"
+    r"Could not find the local condor_schedd", re.I)
 
 _KERBEROS_HINT = (
     "no valid Kerberos ticket: lxplus tickets last 25 h; renew with `kinit -kt <keytab> <user>@CERN.CH` "
@@ -530,9 +632,7 @@ CREDENTIAL_ERRORS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"AUTHENTICATE:1003:Failed to authenticate with any method", re.I),
      "authentication with the schedd failed: on lxplus this means no valid Kerberos ticket "
      "(tickets last 25 h; renew with `kinit -kt <keytab> <user>@CERN.CH` in the site's env_script)"),
-    (re.compile(r"Can't find address (of|for) (local )?schedd|Extra Info: You probably saw this error because "
-                r"the condor_schedd is not|Collector has no record of schedd|Unable to locate remote schedd|"
-                r"Could not find the local condor_schedd", re.I),
+    (SCHEDD_NOT_LOCATED,
      "the schedd could not be located: on lxplus this usually means an expired Kerberos ticket "
      "(tickets last 25 h; renew with `kinit -kt <keytab> <user>@CERN.CH` in the site's env_script), "
      "otherwise the schedd recorded for the round is down"),
@@ -544,6 +644,17 @@ CREDENTIAL_ERRORS: list[tuple[re.Pattern[str], str]] = [
      "the schedd is overloaded or restarting (SECMAN:2007): transient, no action needed; the next "
      "poll asks again"),
 ]
+
+
+def diagnose_configured_schedd(text: str, schedd: str) -> str | None:
+    """The hint for a schedd that cannot be located while the site connection names one
+    (its ``schedd`` extra), or None when ``text`` is not that error."""
+    if not SCHEDD_NOT_LOCATED.search(text or ""):
+        return None
+    return (f"the schedd {schedd!r} named by the site connection's `schedd` extra could not be located: check the "
+            "name (`condor_status -schedd -af Name` lists the pool's schedds) or remove the extra to use the login "
+            "node's default schedd; on lxplus an expired Kerberos ticket gives the same error (tickets last 25 h; "
+            "renew with `kinit -kt <keytab> <user>@CERN.CH` in the site's env_script)")
 
 
 def diagnose_credentials(text: str) -> str | None:

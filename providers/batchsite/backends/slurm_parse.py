@@ -13,8 +13,10 @@ never turns into FAILED or VANISHED: what only it could tell becomes UNKNOWN and
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from batchsite.backends import common
 from batchsite.backends.base import SubmitIds
@@ -65,7 +67,13 @@ COMPACT_STATES: dict[str, str] = {
 }
 
 #: pending reasons that mean "held": nothing happens until someone releases the job
-HELD_REASONS = ("JobHeldUser", "JobHeldAdmin")
+#: (squeue ``%r`` / scontrol ``Reason=``). "launch failed requeued held": the batch launch failed on
+#: a node (prolog, unwritable output, node trouble) and slurmctld requeued the job with
+#: priority 0 (state PENDING, needs `scontrol release`); "job requeued in held state": requeued
+#: by `scontrol requeuehold` or a SPECIAL_EXIT. Slurm's own state_desc texts (slurmctld
+#: job_mgr.c); not captured here: on the shared test Slurm the launch never came before the
+#: queue drained, so these two are written from Slurm's documented texts.
+HELD_REASONS = ("JobHeldUser", "JobHeldAdmin", "launch failed requeued held", "job requeued in held state")
 
 #: stderr that means "no such job (any more)", not "the query failed"
 _NO_SUCH_JOB = re.compile(r"Invalid job id specified", re.I)
@@ -91,8 +99,11 @@ STALE_REASONS = frozenset({
 })
 
 
+@functools.lru_cache(maxsize=4096)
 def task_status(state_text: str, reason: str = "", exit_code: str = "") -> TaskStatus:
-    """One Slurm observation -> TaskStatus. Never raises: an unknown word gives UNKNOWN."""
+    """One Slurm observation -> TaskStatus. Never raises: an unknown word gives UNKNOWN.
+    Cached: the tasks of a big array share a handful of (state, reason, exit code) triples,
+    and a TaskStatus is immutable."""
     raw = (state_text or "").strip()
     # sacct: "CANCELLED by 1001"; fixed-width output truncates with "+"
     word = raw.split()[0].rstrip("+").upper() if raw else ""
@@ -107,7 +118,11 @@ def task_status(state_text: str, reason: str = "", exit_code: str = "") -> TaskS
     ec = parse_exit_code(exit_code)
     if ec is not None:
         rc, sig = ec
-        if sig:
+        if word == "OUT_OF_MEMORY":
+            # sacct says 0:125: not a signal, and nothing about the payload (killed for its memory use)
+            code = rc or None
+            reason = reason or "out of memory: the job used more than its memory request"
+        elif sig:
             code = 128 + sig
             if state.terminal:
                 reason = f"{reason} (signal {sig})" if reason else f"signal {sig}"
@@ -147,6 +162,9 @@ _JOBID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]?.*))?(?:\+\d+)?$")
 
 def split_job_id(text: str) -> tuple[str, list[int] | None] | None:
     """``123_4`` -> ("123", [4]); ``123_[5-7%2]`` -> ("123", [5, 6, 7]); ``123`` -> ("123", None)."""
+    base, sep, task = text.strip().partition("_")
+    if sep and base.isdigit() and task.isdigit():  # one array task: most lines of a big round
+        return base, [int(task)]
     m = _JOBID.match(text.strip())
     if not m:
         return None
@@ -156,21 +174,90 @@ def split_job_id(text: str) -> tuple[str, list[int] | None] | None:
 
 
 
-_SUBMIT_LINE = re.compile(r"array=(\d+)(?:;\S*)?(?:\s+fanin=(\d+))?")
+# ---------------------------------------------------------------------------- arrays of a round
+
+#: Slurm's defaults (slurm.conf(5), 22.05): task ids below MaxArraySize; a batch script of
+#: at most max_script_size bytes (SchedulerParameters)
+DEFAULT_MAX_ARRAY_SIZE = 1001
+DEFAULT_MAX_SCRIPT_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SlurmLimits:
+    """What bounds one job array and one batch script on this site (``scontrol show config``)."""
+
+    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
+    max_array_tasks: int | None = None  # SchedulerParameters=max_array_tasks=N
+    max_script_size: int = DEFAULT_MAX_SCRIPT_SIZE
+
+    @property
+    def window(self) -> int:
+        """Unit indices per array: task ids 0..window-1 are valid and at most that many tasks."""
+        return max(1, min(self.max_array_size, self.max_array_tasks or self.max_array_size))
+
+
+def parse_limits(text: str) -> SlurmLimits:
+    """The ``config`` section of the probe (``scontrol show config``): MaxArraySize and the
+    ``max_array_tasks`` / ``max_script_size`` SchedulerParameters; Slurm's defaults for what
+    is absent (the section missing, an older probe, slurmctld down)."""
+    config = common.parse_run_section(common.split_sections(text or "").get(("config", "-")))
+    values: dict[str, str] = {}
+    for line in config.lines:
+        name, sep, value = line.partition("=")
+        if sep:
+            values[name.strip()] = value.strip()
+    params = dict(p.partition("=")[::2] for p in values.get("SchedulerParameters", "").split(",") if "=" in p)
+
+    def number(text: str | None) -> int | None:
+        m = re.match(r"\s*(\d+)", text or "")
+        return int(m.group(1)) if m else None
+
+    return SlurmLimits(
+        max_array_size=number(values.get("MaxArraySize")) or DEFAULT_MAX_ARRAY_SIZE,
+        max_array_tasks=number(params.get("max_array_tasks")),
+        max_script_size=number(params.get("max_script_size")) or DEFAULT_MAX_SCRIPT_SIZE,
+    )
+
+
+def format_arrays(arrays: Sequence[tuple[str, int]]) -> str:
+    """[("123", 0), ("124", 1001)] -> "123,124@1001": ``Submission.fanout_id`` of a Slurm round."""
+    return ",".join(a if off == 0 else f"{a}@{off}" for a, off in arrays)
+
+
+_ARRAY_ENTRY = re.compile(r"(\d+)(?:@(\d+))?")
+
+
+def arrays_of(fanout_id: str) -> list[tuple[str, int]]:
+    """``format_arrays`` read back: (array job id, offset) per array; ValueError on garbage."""
+    out = []
+    for part in fanout_id.split(","):
+        m = _ARRAY_ENTRY.fullmatch(part.strip())
+        if not m:
+            raise ValueError(f"{fanout_id!r} is not a Slurm array list (<id>[@<offset>],...)")
+        out.append((m.group(1), int(m.group(2) or 0)))
+    return out
+
+
+_SUBMIT_LINE = re.compile(r"array=(\d+(?:@\d+)?(?:,\d+(?:@\d+)?)*)(?:;\S*)?(?:\s+fanin=(\d+))?")
 
 
 def parse_submit(stdout: str) -> SubmitIds:
     found = _SUBMIT_LINE.findall(stdout or "")
     if not found:
         raise ValueError(f"no Slurm job id in the output of submit.sh: {stdout!r}")
-    array_id, fanin_id = found[-1]
-    return SubmitIds(fanout_id=array_id, fanin_id=fanin_id or None)
+    arrays, fanin_id = found[-1]
+    return SubmitIds(fanout_id=arrays, fanin_id=fanin_id or None)
 
 
 def job_ids(subs: Sequence[Submission], *, strict: bool = True) -> list[str]:
+    """Every Slurm job id of these rounds (each array, each fan-in), each once."""
     out: list[str] = []
     for s in subs:
-        for i in s.job_ids:
+        try:
+            ids = [a for a, _ in arrays_of(s.fanout_id)] + ([s.fanin_id] if s.fanin_id else [])
+        except ValueError:
+            ids = s.job_ids  # checked one by one below
+        for i in ids:
             if not re.fullmatch(r"\d+", i):
                 if strict:
                     raise ValueError(f"{s.key}: {i!r} is not a Slurm job id")
@@ -298,8 +385,11 @@ def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus
     out: dict[str, RoundStatus] = {}
     for s in subs:
         exits = common.parse_exit_files(sections.get(("exit", s.key), ""))
-        q_tasks = queue.tasks.get(s.fanout_id, {})
-        a_tasks = acct.tasks.get(s.fanout_id, {})
+        q_tasks: dict[int, TaskStatus] = {}
+        a_tasks: dict[int, TaskStatus] = {}
+        for array_id, offset in arrays_of(s.fanout_id):
+            q_tasks.update((offset + t, st) for t, st in queue.tasks.get(array_id, {}).items())
+            a_tasks.update((offset + t, st) for t, st in acct.tasks.get(array_id, {}).items())
         units = {
             i: _merge(q_tasks.get(i), a_tasks.get(i), exits.get(str(i)), scheduler_ok)
             for i in s.indices
@@ -345,13 +435,18 @@ _LOG_NAME = re.compile(r"^(?:(\d+)_\d+|fanin_(\d+))\.out$")
 _CANCELLED_BY_SUBMIT = re.compile(r"cancelling array (\d+)")
 
 
-def parse_find_by_name(text: str) -> SubmitIds | None:
-    """The array job and the fan-in job named after a round key, or None if there is none.
+def parse_find_by_name(text: str, offsets: Sequence[int] = (0,)) -> SubmitIds | None:
+    """The arrays and the fan-in job named after a round key, or None if there is none.
+    ``offsets``: those of the round's arrays (``slurm.array_chunks``); submit.sh submits
+    them in that order, so the arrays found, sorted by job id, get them in turn.
 
     Raises ValueError when the scheduler could not be asked (so "nothing found" is never
-    confused with "could not look"), or when more than one array carries the name. Jobs
-    of earlier records (``record`` sections) and arrays a failed submit.sh cancelled
-    itself (``failed`` section) do not count.
+    confused with "could not look"), when more arrays carry the name than the round has,
+    or fewer (submit.sh stopped between two sbatch calls). Jobs of earlier records
+    (``record`` sections) do not count, nor does an array a failed submit.sh cancelled
+    itself (``failed`` section), but only once Slurm confirms the cancel
+    (``_cancel_confirmed``): "cancelling array N" is submit.sh's intent, and its scancel
+    may fail as the sbatch before it did.
     """
     sections = common.split_sections(text or "")
     squeue = common.parse_run_section(sections.get(("squeue", "-")))
@@ -372,27 +467,60 @@ def parse_find_by_name(text: str) -> SubmitIds | None:
         if m := _LOG_NAME.match(line.strip()):
             (arrays if m.group(1) else plain).add(m.group(1) or m.group(2))
     for ids in common.earlier_submissions(text, parse_submit):
-        arrays.discard(ids.fanout_id)
+        arrays.difference_update(a for a, _ in arrays_of(ids.fanout_id))
         plain.discard(ids.fanin_id or "")
-    arrays -= set(_CANCELLED_BY_SUBMIT.findall(common.failed_attempts(text)))
+    for cancelled in set(_CANCELLED_BY_SUBMIT.findall(common.failed_attempts(text))) & arrays:
+        if _cancel_confirmed(cancelled, squeue, sacct):
+            arrays.discard(cancelled)
     if not arrays:
         return None
-    if len(arrays) > 1:
-        raise ValueError(f"more than one job array carries this name: {sorted(arrays, key=int)}")
-    array_id = arrays.pop()
-    later = sorted((p for p in plain if int(p) > int(array_id)), key=int)
-    return SubmitIds(fanout_id=array_id, fanin_id=later[0] if later else None)
-
-
-def parse_find(text: str, spec: RoundSpec) -> SubmitIds | None:
-    """``parse_find_by_name`` for ``spec``: an array without the fan-in the round needs is
-    half a submission (submit.sh stopped between its two sbatch calls): ValueError."""
-    ids = parse_find_by_name(text)
-    if ids is not None and spec.fanin and ids.fanin_id is None:
+    found = sorted(arrays, key=int)
+    if len(found) > len(offsets):
+        raise ValueError(f"more job arrays carry this name than the round has ({len(offsets)}): {found}")
+    if len(found) < len(offsets):
         raise ValueError(
-            f"job array {ids.fanout_id} is named {spec.key} but no fan-in job is: the submission stopped "
-            f"between its two sbatch calls. Cancel it (scancel {ids.fanout_id}) and remove "
-            f"{spec.workdir}/{common.RECORD_DIR}/lock to submit the round again"
+            f"only {len(found)} of the round's {len(offsets)} job arrays carry its name ({found}): the submission "
+            f"stopped between two sbatch calls. Cancel them (scancel {' '.join(found)}) and remove the round's "
+            f"{common.RECORD_DIR}/lock to submit it again")
+    later = sorted((p for p in plain if int(p) > int(found[-1])), key=int)
+    return SubmitIds(fanout_id=format_arrays(list(zip(found, offsets))), fanin_id=later[0] if later else None)
+
+
+def _cancel_confirmed(array_id: str, squeue: common.RunSection, sacct: common.RunSection) -> bool:
+    """The array is over: squeue / sacct show every task of it CANCELLED, or it left the
+    queue (squeue answered without it) and accounting has its final record. Anything else
+    (still PENDING, a query that failed, no record at all) is no proof."""
+    def states(cmd: common.RunSection) -> list[TaskStatus]:
+        out = []
+        for line in cmd.lines if cmd.present and _query_ok(cmd) else []:
+            parts = line.split("|")
+            parsed = split_job_id(parts[0])
+            if parsed is not None and parsed[0] == array_id and parsed[1] is not None and len(parts) > 1:
+                out.append(task_status(parts[1]))
+        return out
+
+    in_queue, accounted = states(squeue), states(sacct)
+    seen = in_queue + accounted
+    if seen and all(s.native == "CANCELLED" for s in seen):
+        return True
+    return _query_ok(squeue) and not in_queue and bool(accounted) and all(s.state.terminal for s in accounted)
+
+
+def parse_find(text: str, spec: RoundSpec, offsets: Sequence[int] = (0,)) -> SubmitIds | None:
+    """``parse_find_by_name`` for ``spec``: arrays without the fan-in the round needs are
+    half a submission (submit.sh stopped between its sbatch calls): ValueError."""
+    ids = parse_find_by_name(text, offsets)
+    if ids is not None and spec.fanin and ids.fanin_id is None:
+        found = " ".join(a for a, _ in arrays_of(ids.fanout_id))
+        uncancelled = set(found.split()) & set(_CANCELLED_BY_SUBMIT.findall(common.failed_attempts(text)))
+        raise ValueError(
+            f"job array(s) {found} are named {spec.key} but no fan-in job is: the submission stopped "
+            f"before its last sbatch call"
+            + (f"; its scancel of {' '.join(sorted(uncancelled))} did not take effect (Slurm does not show it "
+               "CANCELLED)" if uncancelled else "")
+            + f". Nothing is submitted again while they may run: cancel them (scancel {found}), check that "
+            f"squeue shows them CANCELLED or gone, and remove {spec.workdir}/{common.RECORD_DIR}/lock to submit "
+            f"the round again"
         )
     return ids
 

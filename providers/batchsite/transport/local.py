@@ -16,21 +16,34 @@ from batchsite.transport.base import AsyncTransport, Transport, TransportError
 SHELL = ("/bin/bash", "-c")
 
 
-def scrubbed_env() -> dict[str, str]:
-    """The worker's environment without Airflow's own variables: ``AIRFLOW_CONN_*`` carry
-    passwords and keys, ``AIRFLOW__*`` the metadata DB URL and the Fernet key. Jobs started on
-    the local site (and the ssh client of ``openssh``) must not inherit them."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+#: the variables of this process that commands run here (and the jobs of the local site,
+#: which the local runner starts from those commands) may see; every other one is dropped:
+#: ``AIRFLOW_CONN_*`` carry passwords and keys, ``AIRFLOW__*`` the metadata DB URL and the
+#: Fernet key, and a worker's environment holds cloud tokens and the like. What a job needs
+#: beyond these comes from the round's own ``env`` (exported by the unit script) and the
+#: site's ``env_script``. ``LC_*`` is allowed as a prefix.
+ALLOWED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
+               "X509_USER_PROXY")
+ALLOWED_ENV_PREFIXES = ("LC_",)
+#: what the system ssh client needs on top (``openssh`` transport): the agent, Kerberos (GSSAPI)
+SSH_CLIENT_ENV = ("SSH_AUTH_SOCK", "KRB5CCNAME", "KRB5_CONFIG")
 
 
-def run_argv(argv: Sequence[str], stdin: bytes | None, timeout: float | None) -> tuple[int, bytes, bytes]:
+def allowed_env(extra: Sequence[str] = ()) -> dict[str, str]:
+    """This process's environment, reduced to ``ALLOWED_ENV`` (+ ``extra`` names)."""
+    names = (*ALLOWED_ENV, *extra)
+    return {k: v for k, v in os.environ.items() if k in names or k.startswith(ALLOWED_ENV_PREFIXES)}
+
+
+def run_argv(argv: Sequence[str], stdin: bytes | None, timeout: float | None,
+             pass_env: Sequence[str] = ()) -> tuple[int, bytes, bytes]:
     try:
         p = subprocess.run(
             list(argv),
             input=stdin if stdin is not None else b"",
             capture_output=True,
             timeout=timeout,
-            env=scrubbed_env(),
+            env=allowed_env(pass_env),
             start_new_session=True,  # a Ctrl-C/SIGTERM of the task must not hit what we started
         )
     except subprocess.TimeoutExpired as e:
@@ -39,14 +52,14 @@ def run_argv(argv: Sequence[str], stdin: bytes | None, timeout: float | None) ->
 
 
 async def run_argv_async(
-    argv: Sequence[str], stdin: bytes | None, timeout: float | None
+    argv: Sequence[str], stdin: bytes | None, timeout: float | None, pass_env: Sequence[str] = ()
 ) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=scrubbed_env(),
+        env=allowed_env(pass_env),
         start_new_session=True,
     )
     try:

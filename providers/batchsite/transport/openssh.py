@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 
 from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError, host_key_help
-from batchsite.transport.local import run_argv, run_argv_async
+from batchsite.transport.local import SSH_CLIENT_ENV, run_argv, run_argv_async
 
 
 class OpenSSHOptions:
@@ -95,7 +95,7 @@ class OpenSSHTransport(Transport):
         if not os.path.exists(self.opts.control_path):
             ensure_control_dir(self.opts.control_path)
             self.counters.connections_opened += 1
-        rc, out, err = run_argv(self.opts.argv(line), stdin, timeout)
+        rc, out, err = run_argv(self.opts.argv(line), stdin, timeout, SSH_CLIENT_ENV)
         classify_ssh_failure(self.opts, rc, err)
         return rc, out, err
 
@@ -115,7 +115,7 @@ class AsyncOpenSSHTransport(AsyncTransport):
         if not os.path.exists(self.opts.control_path):
             ensure_control_dir(self.opts.control_path)
             self.counters.connections_opened += 1
-        rc, out, err = await run_argv_async(self.opts.argv(line), stdin, timeout)
+        rc, out, err = await run_argv_async(self.opts.argv(line), stdin, timeout, SSH_CLIENT_ENV)
         classify_ssh_failure(self.opts, rc, err)
         return rc, out, err
 

@@ -18,12 +18,13 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from batchsite.backends.base import get_backend
 from batchsite.config import SiteConfig
+from batchsite.hooks.ledger import observe_round
 from batchsite.hooks.site import async_transport_for_conn, load_site_config
-from batchsite.model import JobState, RoundStatus
+from batchsite.model import JobState, RoundDigest, RoundStatus
 from batchsite.polling import SiteOutage, poller_for, site_poller
 from batchsite.rounds import RoundWatch, RoundWatchEvent
+from batchsite.sitebuild import backend_for
 from batchsite.transport.base import HostKeyError
 
 #: seconds a cancel from on_kill may take (scancel / condor_rm / the local runner's stop)
@@ -41,7 +42,8 @@ class BatchRoundTrigger(BaseTrigger):
         return ("batchsite.triggers.round.BatchRoundTrigger", self.watch.model_dump(mode="json"))
 
     def _event(self, status: str, round_status: RoundStatus | None = None, message: str = "") -> TriggerEvent:
-        event = RoundWatchEvent(status=status, watch=self.watch, round=round_status, message=message)
+        digest = RoundDigest.of(round_status) if round_status is not None else None  # O(1) in the units
+        event = RoundWatchEvent(status=status, watch=self.watch, round=digest, message=message)
         return TriggerEvent(event.model_dump(mode="json"))
 
     async def _site_config(self) -> SiteConfig:
@@ -74,6 +76,8 @@ class BatchRoundTrigger(BaseTrigger):
                 if line != last_line:
                     self.log.info("%s", line)
                     last_line = line
+                    # the campaign ledger: one transition per change of the counts (blocking I/O)
+                    await asyncio.to_thread(observe_round, watch.round_key, status)
                 if any(s.state is JobState.HELD for s in status.units.values()):
                     held_since = held_since or time.monotonic()
                     if time.monotonic() - held_since >= watch.hold_after_seconds:
@@ -108,7 +112,7 @@ class BatchRoundTrigger(BaseTrigger):
         transport = async_transport_for_conn(cfg)
         try:
             r = await asyncio.wait_for(
-                transport.sh(get_backend(cfg.scheduler).render_cancel_script([sub]), timeout=CANCEL_TIMEOUT),
+                transport.sh(backend_for(cfg).render_cancel_script([sub]), timeout=CANCEL_TIMEOUT),
                 CANCEL_TIMEOUT + 10)
             self.log.info("cancelled %s on %s: %s", sub.job_ids, cfg.conn_id, (r.out + r.err).strip()[:500])
         finally:

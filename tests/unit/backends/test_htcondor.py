@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import htcondor2
@@ -93,7 +95,7 @@ def test_dag_lines():
     assert "CATEGORY units 2" not in lines
     assert sum(ln.startswith("JOB ") for ln in lines) == 5
     assert r.files["dagman.config"] == "DAGMAN_QUEUE_UPDATE_INTERVAL = 60\n"
-    assert set(r.files) == {"unit.sh", "unit.sub", "fanin.sh", "fanin.sub", "bs-r1.dag", "dagman.config"}
+    assert set(r.files) == {"unit.sh", "units.tab", "unit.sub", "fanin.sh", "fanin.sub", "bs-r1.dag", "dagman.config"}
     assert r.executable == frozenset({"unit.sh", "fanin.sh"})
 
 
@@ -183,7 +185,7 @@ def test_options_and_minimal_round():
     assert "DAGMAN_MAX_JOBS_IDLE = 50" in r.files["dagman.config"]
     unit = htcondor2.Submit(r.files["unit.sub"])
     assert "request_memory" not in unit.keys() and "MY.JobFlavour" not in unit.keys()
-    assert "fanin=" not in r.submit_script
+    assert "\nfanin_node=''\n" in r.submit_script  # no fan-in node to report
 
 
 def test_named_nodes_write_a_map():
@@ -207,6 +209,7 @@ def test_unit_script_runs_under_bash(tmp_path):
                               WorkUnit(index=5, argv=["sh", "-c", "exit 3"])])
     r = htcondor.render_round(s)
     (tmp_path / "unit.sh").write_text(r.files["unit.sh"])
+    (tmp_path / "units.tab").write_text(r.files["units.tab"])
     # DAGMan runs "unit.sh $(idx)" with arguments = $(idx) from VARS
     assert subprocess.run(["bash", "unit.sh", "0"], cwd=tmp_path).returncode == 0
     assert (tmp_path / "out0").read_text() == "zero\n"
@@ -231,7 +234,7 @@ def _fake_tools(tmp_path: Path, tools: dict[str, str]) -> dict[str, str]:
 def test_submit_script_with_fake_condor(tmp_path):
     s = spec(tmp_path)
     r = htcondor.render_round(s)
-    assert "condor_submit_dag -batch-name bs-r1 bs-r1.dag" in r.submit_script
+    assert "\nkey=bs-r1\ndag=bs-r1.dag\n" in r.submit_script  # the args are checked below, as run
     csd = [ln for ln in r.submit_script.splitlines() if "condor_submit_dag" in ln and "$(" in ln]
     assert len(csd) == 1 and " -f " not in csd[0] and "-force" not in csd[0]
     (tmp_path / "submit.sh").write_text(r.submit_script)
@@ -599,75 +602,132 @@ def test_cancel_script(tmp_path):
     assert htcondor.render_cancel_script([]) == "true\n"
 
 
-def test_find_by_batch_name():
-    text = htcondor.render_find_by_batch_name_script("bs-r1", "bsite@vm")
-    assert "condor_q -name bsite@vm -constraint 'JobBatchName == \"bs-r1\" && JobUniverse == 7' -af ClusterId GlobalJobId" in text
+def test_find_script_asks_queue_and_history_of_the_schedd(tmp_path):
+    """The find script: condor_q AND condor_history by batch name, both with -name of the
+    configured schedd; the history bounded by -completedsince (the lock's epoch less 1 h)."""
+    wd = tmp_path / "find2"
+    (wd / ".batchsite" / "lock").mkdir(parents=True)
+    (wd / ".batchsite" / "lock" / "owner").write_text("vm 4242 1796543000\n")
+    b = htcondor.HTCondorBackend(schedd="bsite@vm")
+    s = spec(wd, key="bs-find-2")
+    script = b.render_find_script(s)
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    log = tmp_path / "args"
+    env = _fake_tools(tmp_path, {tool: f'echo "{tool} $*" >> {log}\n' for tool in ("condor_q", "condor_history")})
+    r = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    c = 'JobBatchName == "bs-find-2" && JobUniverse == 7'
+    assert log.read_text().splitlines() == [
+        f"condor_q -name bsite@vm -constraint {c} -af ClusterId GlobalJobId",
+        f"condor_history -name bsite@vm -constraint {c} -completedsince 1796539400 -af ClusterId GlobalJobId"]
+    # no lock to date the submission: 30 days of history; the default schedd: no -name
+    (wd / ".batchsite" / "lock" / "owner").unlink()
+    log.unlink()
+    subprocess.run(["sh", "-c", htcondor.HTCondorBackend().render_find_script(s)], env=env, check=True,
+                   capture_output=True)
+    hist = log.read_text().splitlines()[1].split()
+    assert "-name" not in hist and abs(int(hist[hist.index("-completedsince") + 1]) - (time.time() - 30 * 86400)) < 60
     with pytest.raises(ValueError):
         htcondor.render_find_by_batch_name_script("x'; rm -rf ~")
-    assert htcondor_parse.parse_find_by_batch_name(fixture("find_by_batch_name_none.txt"), "bs-nosuch-1") is None
-    found = fixture("find_by_batch_name.txt")
-    ids = htcondor_parse.parse_find_by_batch_name(found, "bs-find-1", has_fanin=True)
-    assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("47", "bsite@vm", "fanin")
-    assert htcondor_parse.parse_find_by_batch_name("@@BATCHSITE find bs-r1\n!rc 0\n", "bs-r1") is None
-    two = "@@BATCHSITE find bs-r1\n5 bsite@vm#5.0#1\n9 bsite@vm#9.0#2\n!rc 0\n"
-    with pytest.raises(ValueError, match="more than one"):
-        htcondor_parse.parse_find_by_batch_name(two, "bs-r1")
-    down = "@@BATCHSITE find bs-r1\n!err Error: Collector has no record of schedd/submitter\n!rc 1\n"
-    with pytest.raises(ValueError, match="could not look up"):
-        htcondor_parse.parse_find_by_batch_name(down, "bs-r1")
+    with pytest.raises(ValueError, match="not a schedd name"):
+        htcondor.render_find_by_batch_name_script("bs-r1", "a b")
 
 
-def test_find_script_and_parse_find_on_captured_outputs():
-    b = htcondor.HTCondorBackend()
-    s = spec("/home/bsite/bsdag/find1", key="bs-find-1")
-    script = b.render_find_script(s)
-    assert "condor_q -constraint 'JobBatchName == \"bs-find-1\" && JobUniverse == 7' -af ClusterId GlobalJobId" in script
-    assert "/home/bsite/bsdag/find1/bs-find-1.dag.dagman.out" in script
-    assert "/home/bsite/bsdag/find1/.batchsite/submitted." in script
-    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
-    ids = b.parse_find(fixture("find_by_batch_name.txt"), s)
-    assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("47", "bsite@vm", "fanin")
-    assert b.parse_find(fixture("find_by_batch_name.txt"), spec(key="bs-find-1", fanin=None)).fanin_id is None
+def test_parse_find_on_captured_outputs():
+    b = htcondor.HTCondorBackend(schedd="bsite@vm")
+    ids = b.parse_find(fixture("find_by_batch_name.txt"), spec(key="bs-find-2"))  # queued
+    assert (ids.fanout_id, ids.schedd, ids.fanin_id) == ("152", "bsite@vm", "fanin")
+    assert b.parse_find(fixture("find_by_batch_name.txt"), spec(key="bs-find-2", fanin=None)).fanin_id is None
     assert b.parse_find(fixture("find_by_batch_name_none.txt"), spec(key="bs-nosuch-1")) is None
-    # the record written for found ids reads back the same
+    # finished and left the queue: the history has it (the old lookup asked condor_q only)
+    ids = b.parse_find(fixture("find_in_history.txt"), spec(key="bs-hist-8783d1a1"))
+    assert (ids.fanout_id, ids.schedd) == ("140", "bsite@vm")
+    # a rescued round: DAGMan 11 is record 1's, so the lost submission is DAGMan 20
+    assert b.parse_find(fixture("find_earlier_record.txt"), spec(key="bs-flaky-a7990b8af804")).fanout_id == "20"
+    # the record reads back the same
     assert htcondor.parse_submit(b.format_submit(ids)) == ids
     assert htcondor.parse_submit(b.format_submit(htcondor.SubmitIds("5"))) == htcondor.SubmitIds("5")
 
 
-def test_parse_find_earlier_records_and_dagman_ran_here():
-    found = fixture("find_by_batch_name.txt")  # DAGMan 47 in the queue
-    earlier = "@@BATCHSITE record 1\nabc\n1795438000\n" + fixture("submit_fanin.txt").replace("38", "47") + "\n"
-    # 47 is the submission a resubmit kept aside: not the one looked for
-    assert htcondor_parse.parse_find_by_batch_name(found + earlier, "bs-find-1", True) is None
-    # nothing in the queue, no earlier record, but DAGMan ran in the directory: ambiguous
-    none = fixture("find_by_batch_name_none.txt") + "@@BATCHSITE files bs-nosuch-1\ndagman-out\n"
-    with pytest.raises(ValueError, match="DAGMan ran in the round's directory"):
-        htcondor_parse.parse_find_by_batch_name(none, "bs-nosuch-1")
-    # with an earlier record, dagman.out is that run's: the queue decides
-    assert htcondor_parse.parse_find_by_batch_name(none + earlier, "bs-nosuch-1") is None
+def test_parse_find_never_guesses():
+    key = "bs-flaky-a7990b8af804"
+    # without record 1, DAGMan 11 and 20 both carry the name
+    two = fixture("find_earlier_record.txt").split("@@BATCHSITE record 1")[0]
+    with pytest.raises(ValueError, match=r"more than one DAGMan job carries the batch name .*\['11', '20'\]"):
+        htcondor_parse.parse_find_by_batch_name(two, key)
+    # DAGMan 140 ran in the directory (Workflow batch-id), no record names it, neither the queue
+    # nor the (bounded) history has it: an error naming the `schedd` extra, never a second submission
+    with pytest.raises(ValueError, match=r"DAGMan job 140 ran in the round's directory.*`schedd` extra"):
+        htcondor_parse.parse_find_by_batch_name(fixture("find_unrecorded_run.txt"), "bs-hist-8783d1a1")
+    # the same with an older DAGMan that writes no batch-id line: one start, no record
+    old = fixture("find_unrecorded_run.txt").replace("batch-id 140\n", "")
+    with pytest.raises(ValueError, match="a DAGMan job ran in the round's directory"):
+        htcondor_parse.parse_find_by_batch_name(old, "bs-hist-8783d1a1")
+    # a failing condor_q or condor_history is "could not look", with the hint
+    with pytest.raises(ValueError, match=r"could not look up .*\(condor_q\): Error: Collector has no record"):
+        htcondor_parse.parse_find_by_batch_name(fixture("find_no_such_schedd.txt"), "bs-hist-8783d1a1")
+    hist_down = fixture("find_in_history.txt").replace(
+        "140 bsite@vm#140.0#1796543408\n!rc 0", "!err Unable to locate remote schedd (name=nosuch@vm, pool=).\n!rc 1")
+    with pytest.raises(ValueError, match=r"\(condor_history\): Unable to locate remote schedd"):
+        htcondor_parse.parse_find_by_batch_name(hist_down, "bs-hist-8783d1a1")
+    # a section missing altogether (the script was cut short) is not "none" either
+    with pytest.raises(ValueError, match="could not look up"):
+        htcondor_parse.parse_find_by_batch_name(fixture("find_by_batch_name_none.txt").split("@@BATCHSITE findhist")[0],
+                                                "bs-nosuch-1")
 
 
-def test_find_script_runs(tmp_path):
-    wd = tmp_path / "find1"
-    wd.mkdir()
-    body = fixture("find_by_batch_name.txt").split("\n", 1)[1].rsplit("!rc 0", 1)[0]
-    (tmp_path / "q.txt").write_text(body)
-    env = _fake_tools(tmp_path, {"condor_q": f'echo "$@" > {tmp_path}/q.args; cat {tmp_path}/q.txt\n'})
-    b = htcondor.HTCondorBackend()
-    s = spec(wd, key="bs-find-1")
-    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True)
-    assert r.returncode == 0 and r.stderr == ""
-    assert (tmp_path / "q.args").read_text() == '-constraint JobBatchName == "bs-find-1" && JobUniverse == 7 -af ClusterId GlobalJobId\n'
-    assert b.parse_find(r.stdout, s).fanout_id == "47"
-    (tmp_path / "q.txt").write_text("")
-    (wd / "bs-find-1.dag.dagman.out").write_text("")
-    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env, capture_output=True, text=True)
-    with pytest.raises(ValueError, match="dagman.out exists"):
-        b.parse_find(r.stdout, s)
-    env2 = _fake_tools(tmp_path, {"condor_q": "echo 'AUTHENTICATE:1003:Failed to authenticate with any method' >&2; exit 1\n"})
-    r = subprocess.run(["sh", "-c", b.render_find_script(s)], env=env2, capture_output=True, text=True)
-    with pytest.raises(ValueError, match="could not look up.*Kerberos"):
-        b.parse_find(r.stdout, s)
+def test_configured_schedd_groups_records_without_a_name(tmp_path):
+    """The connection's schedd: a record that names none is asked there, in the same ONE
+    condor_q as the rounds whose records name it; other schedds get their own."""
+    subs = [sub(cluster="11"), sub(key="bs-r2", cluster="12", schedd=None),
+            sub(key="bs-r3", cluster="40", schedd="bigbird17.cern.ch")]
+    b = htcondor.HTCondorBackend(schedd="bsite@vm")
+    text = b.render_status_script(subs)
+    assert text.count("bs_run condor_q ") == 2
+    assert "condor_q -name bsite@vm -json -constraint 'ClusterId == 11 || DAGManJobId == 11 || ClusterId == 12" in text
+    assert "condor_q -name bigbird17.cern.ch " in text and "bs_run condor_q -json" not in text
+    assert "condor_rm -name bsite@vm -reason 'cancelled by batchsite' 11 12 2>&1" in b.render_cancel_script(subs)
+    assert "condor_release -name bsite@vm " in b.render_release_script(subs[1:2])
+    # and the answer is read from that section
+    unnamed = [x.model_copy(update={"schedd": None}) for x in fixture_submissions("status_two_rounds.txt")]
+    named = htcondor_parse.parse_status(fixture("status_two_rounds.txt"), fixture_submissions("status_two_rounds.txt"))
+    assert b.parse_status(fixture("status_two_rounds.txt"), unnamed) == named
+    # the configured schedd submits through _CONDOR_SCHEDD_HOST (condor_submit_dag has no -name)
+    assert "\nschedd=bsite@vm\n" in b.render_round(spec(tmp_path)).submit_script
+    assert "\nschedd=''\n" in htcondor.HTCondorBackend().render_round(spec(tmp_path)).submit_script
+
+
+def test_submit_script_exports_the_configured_schedd(tmp_path):
+    r = htcondor.HTCondorBackend(schedd="bsite@vm").render_round(spec(tmp_path))
+    (tmp_path / "submit.sh").write_text(r.submit_script)
+    env = _fake_tools(tmp_path, {
+        "condor_submit_dag": f'echo "$_CONDOR_SCHEDD_HOST $*" > {tmp_path}/csd.args; echo "1 job(s) submitted to cluster 7."\n',
+        "condor_q": f'echo "$_CONDOR_SCHEDD_HOST $*" > {tmp_path}/q.args; echo "bsite@vm#7.0#1795437964"\n',
+    })
+    p = subprocess.run(["sh", "./submit.sh"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "csd.args").read_text() == "bsite@vm -batch-name bs-r1 bs-r1.dag\n"
+    assert (tmp_path / "q.args").read_text() == "bsite@vm 7 -af GlobalJobId\n"
+    assert p.stdout.splitlines()[-1] == "dagman=7 schedd=bsite@vm fanin=fanin"
+
+
+def test_schedd_extra_is_validated_and_reaches_the_backend():
+    from batchsite.config import SiteConfigError, site_config_from_connection
+    from batchsite.get_provider_info import connection_fields
+    from batchsite.sitebuild import backend_for
+
+    extra = {"scheduler": "htcondor", "remote_root": "/home/u/bs", "schedd": "bigbird17.cern.ch"}
+    cfg = site_config_from_connection("c", "lxplus.cern.ch", 22, "u", extra)
+    assert backend_for(cfg).schedd == "bigbird17.cern.ch"
+    with pytest.raises(SiteConfigError, match=r"schedd: .*'a b; x' is not a schedd name"):
+        site_config_from_connection("c", "h", 22, "u", {**extra, "schedd": "a b; x"})
+    with pytest.raises(SiteConfigError, match="schedd='bigbird17.cern.ch' is an HTCondor extra but scheduler='slurm'"):
+        site_config_from_connection("c", "h", 22, "u", {**extra, "scheduler": "slurm"})
+    # spool is gone: refused as an unknown extra, and not in the connection form
+    with pytest.raises(SiteConfigError, match="spool: unknown extra"):
+        site_config_from_connection("c", "h", 22, "u", {**extra, "spool": True})
+    fields, _ = connection_fields()
+    assert "spool" not in fields and "_CONDOR_SCHEDD_HOST" in fields["schedd"]["description"]
 
 
 def test_probe():
@@ -719,13 +779,22 @@ def test_diagnose_captured_schedd_errors(name):
 
 def test_diagnose_nothing_known():
     assert htcondor_parse.diagnose_credentials("ERROR: no dag file specified; aborting.") is None
-    assert htcondor.HTCondorBackend.diagnose("") is None
+    assert htcondor.HTCondorBackend().diagnose("") is None
     assert "Kerberos" in htcondor.HTCondorBackend().diagnose("AUTHENTICATE:1003:Failed to authenticate with any method")
+
+
+@pytest.mark.parametrize("name", ["condor_q_no_such_schedd.txt", "condor_history_no_such_schedd.txt"])
+def test_diagnose_a_configured_schedd_names_the_extra(name):
+    hint = htcondor.HTCondorBackend(schedd="nosuch@vm").diagnose(fixture(name))
+    assert "'nosuch@vm' named by the site connection's `schedd` extra could not be located" in hint
+    assert "the schedd recorded" not in hint
+    # without the extra: the general hint
+    assert "schedd could not be located" in htcondor.HTCondorBackend().diagnose(fixture(name))
 
 
 def test_fixture_headers():
     for p in sorted(DATA.glob("*.txt")):
         lines = p.read_text().splitlines()
         assert lines[0].startswith("# command: "), p.name
-        assert lines[1] == "# captured: 2026-11-23 HTCondor 25.13.2 personal pool", p.name
+        assert re.fullmatch(r"# captured: 2026-1[12]-\d\d HTCondor 25.13.2 personal pool", lines[1]), p.name
     assert json.loads((DATA / "status_failed.txt").read_text().splitlines()[2][len("# submission: "):])["fanout_id"] == "17"

@@ -137,7 +137,7 @@ def test_every_slurm_state_is_mapped():
     ("FAILED", "None", "0:9", (JobState.FAILED, 137, "signal 9")),
     ("CANCELLED by 1001", "None", "0:0", (JobState.FAILED, None, "")),
     ("CANCELLED", "Resources", "0:15", (JobState.FAILED, 143, "signal 15")),
-    ("OUT_OF_MEMORY", "None", "0:125", (JobState.FAILED, 253, "signal 125")),
+    ("OUT_OF_MEMORY", "None", "0:125", (JobState.FAILED, None, "out of memory: the job used more than its memory request")),
     ("NODE_FAIL", "None", "0:0", (JobState.FAILED, None, "")),
     ("PREEMPTED", "None", "0:0", (JobState.FAILED, None, "")),
     ("REQUEUED", "None", "", (JobState.WAITING, None, "")),
@@ -183,7 +183,6 @@ def test_unit_script_sbatch_header_exact():
     header = [ln for ln in unit.splitlines() if ln.startswith("#SBATCH")]
     assert header == [
         "#SBATCH --job-name=r1",
-        "#SBATCH --array=3,7,9-12%2",
         "#SBATCH --time=0-01:30:00",
         "#SBATCH --mem=2000M",
         "#SBATCH --cpus-per-task=4",
@@ -198,8 +197,10 @@ def test_unit_script_sbatch_header_exact():
     # every #SBATCH line comes before the first command, or sbatch ignores it
     first_cmd = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
     assert max(i for i, ln in enumerate(lines) if ln.startswith("#SBATCH")) < first_cmd
-    assert 'IDX="${SLURM_ARRAY_TASK_ID}"' in lines
+    assert f"IDX={slurm.UNIT_INDEX}" in lines
     assert "--kill-on-invalid-dep" not in unit
+    # the array (task ids + throttle) is given on sbatch's command line, one line per array
+    assert slurm.render_round(s).files["arrays.txt"] == "0 3,7,9-12%2\n"
 
 
 def test_minimal_header_and_fanin_header():
@@ -208,7 +209,7 @@ def test_minimal_header_and_fanin_header():
     r = slurm.render_round(s)
     unit_h = [ln for ln in r.files["unit.sh"].splitlines() if ln.startswith("#SBATCH")]
     assert unit_h == [
-        "#SBATCH --job-name=r1", "#SBATCH --array=0-3", "#SBATCH --time=30",
+        "#SBATCH --job-name=r1", "#SBATCH --time=30",
         "#SBATCH --cpus-per-task=1", "#SBATCH --output=logs/%x_%A_%a.out",
         "#SBATCH --error=logs/%x_%A_%a.err", "#SBATCH --open-mode=append",
     ]
@@ -236,22 +237,23 @@ def test_format_time(minutes, text):
 
 def test_no_fanin_no_fanin_script(stubbed):
     r = slurm.render_round(spec())
-    assert set(r.files) == {"unit.sh"}
-    # submit.sh is slurm_submit.sh with the one value it reads set
-    assert "\nfanin=0\n" in r.submit_script
-    assert r.submit_script.replace("fanin=0\n", "", 1) == slurm.SUBMIT_SCRIPT
+    assert set(r.files) == {"unit.sh", "units.tab", "arrays.txt"}
+    # submit.sh is slurm_submit.sh with the two values it reads set
+    assert "\nfanin=0\nserial=0\n" in r.submit_script
+    assert r.submit_script.replace("fanin=0\nserial=0\n", "", 1) == slurm.SUBMIT_SCRIPT
     tmp_path, env, log = stubbed
     run = _run_submit(tmp_path, env, spec())
     assert run.returncode == 0, run.stderr
     assert run.stdout == "array=123\n"
-    assert log.read_text().splitlines() == ["sbatch --parsable unit.sh"]
+    assert log.read_text().splitlines() == ["sbatch --parsable --array=0-3 unit.sh 0"]
 
 
 def test_hostile_argv_is_single_quoted():
     evil = "$(touch /tmp/pwned)"
     r = slurm.render_round(spec(units=[WorkUnit(index=0, argv=["echo", evil, "`id`", "a'b"])],
                                 fanin=["echo", evil]))
-    assert "echo '$(touch /tmp/pwned)' '`id`' 'a'\"'\"'b'" in r.files["unit.sh"]
+    assert "0 echo '$(touch /tmp/pwned)' '`id`' 'a'\"'\"'b'\n" == r.files["units.tab"]
+    assert evil not in r.files["unit.sh"]
     assert "echo '$(touch /tmp/pwned)'" in r.files["fanin.sh"]
 
 
@@ -259,22 +261,25 @@ def test_submit_script_shape():
     s = slurm.render_round(spec(fanin=["true"])).submit_script
     assert s.startswith("#!/bin/sh\n")
     assert "mkdir -p logs" in s
-    assert "sbatch --parsable unit.sh" in s
-    assert 'sbatch --parsable --dependency=afterok:"$array_id" fanin.sh' in s
-    assert 'scancel "$array_id"' in s
-    assert 'echo "array=$array_id fanin=$fanin_id"' in s
-    assert "\nfanin=1\n" in s
+    assert 'sbatch --parsable --array="$spec" $dep unit.sh "$offset" </dev/null' in s
+    assert 'sbatch --parsable --dependency=afterok:"$after" fanin.sh' in s
+    assert "scancel $ids" in s
+    assert 'echo "array=$listed fanin=$fanin_id"' in s
+    assert "\nfanin=1\nserial=0\n" in s
     # the script is valid POSIX sh
     subprocess.run(["sh", "-n"], input=s, text=True, check=True)
 
 
 # ---------------------------------------------------------------------------- running what we render
 
-def _run_unit(tmp_path: Path, s: RoundSpec, index: str) -> subprocess.CompletedProcess:
+def _run_unit(tmp_path: Path, s: RoundSpec, index: str, *args: str) -> subprocess.CompletedProcess:
     path = tmp_path / "unit.sh"
-    path.write_text(slurm.render_round(s).files["unit.sh"])
+    r = slurm.render_round(s)
+    path.write_text(r.files["unit.sh"])
+    Path(s.workdir).mkdir(parents=True, exist_ok=True)
+    (Path(s.workdir) / "units.tab").write_text(r.files["units.tab"])
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": index}
-    return subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(["bash", str(path), *args], env=env, capture_output=True, text=True, timeout=30)
 
 
 def test_unit_script_runs_and_writes_exit_file(tmp_path):
@@ -357,7 +362,7 @@ def test_submit_script_prints_ids_and_strips_cluster(stubbed):
     assert r.returncode == 0, r.stderr
     assert r.stdout == "array=123 fanin=124\n"
     assert log.read_text().splitlines() == [
-        "sbatch --parsable unit.sh",
+        "sbatch --parsable --array=0-3 unit.sh 0",
         "sbatch --parsable --dependency=afterok:123 fanin.sh",
     ]
     assert (tmp_path / "wd" / "logs").is_dir()
@@ -790,7 +795,7 @@ def test_find_by_name():
     assert slurm_parse.parse_find_by_name(fixture("find_by_name_none_noacct.txt")) is None
     with pytest.raises(ValueError, match="could not look up"):
         slurm_parse.parse_find_by_name("@@BATCHSITE squeue -\n!err slurm_load_jobs error: Unable to contact slurm controller\n!rc 1\n")
-    with pytest.raises(ValueError, match="more than one"):
+    with pytest.raises(ValueError, match="more job arrays carry this name than the round has"):
         slurm_parse.parse_find_by_name("@@BATCHSITE squeue -\n5_0|RUNNING|None|k\n6_0|PENDING|None|k\n!rc 0\n")
     script = slurm.render_find_by_name_script("fx-ok8", True)
     assert "--name=fx-ok8" in script and "sacct" in script
@@ -831,18 +836,33 @@ def test_parse_find_array_without_the_fanin_is_half_a_submission():
     assert slurm_parse.parse_find(text, spec(key="k")) == slurm_parse.SubmitIds("5")
     with pytest.raises(ValueError, match="no fan-in job"):
         slurm_parse.parse_find(text, spec(key="k", fanin=["true"]))
+    # the failed attempt's scancel did not take: the error says so, and nothing is submitted
+    failed = "@@BATCHSITE failed -\nbatchsite: sbatch fanin.sh failed; cancelling array 5\n"
+    with pytest.raises(ValueError, match="scancel of 5 did not take effect"):
+        slurm_parse.parse_find(text + failed, spec(key="k", fanin=["true"]))
 
 
 def test_parse_find_ignores_earlier_records_and_arrays_a_failed_submit_cancelled():
     # after Site.resubmit: the old array 8 (+ fan-in 9) is recorded in submitted.1
     text = fixture("find_by_name_accounting.txt").replace("!rc 0\n@@BATCHSITE sacct", "12_0|PENDING|None|fx-ok8\n13|PENDING|Dependency|fx-ok8\n!rc 0\n@@BATCHSITE sacct", 1)
-    with pytest.raises(ValueError, match="more than one"):
+    with pytest.raises(ValueError, match="more job arrays carry this name"):
         slurm_parse.parse_find_by_name(text)
     text += "@@BATCHSITE record 1\nabc\n1795437000\narray=8 fanin=9\n\n@@BATCHSITE failed -\n"
     assert slurm_parse.parse_find_by_name(text) == slurm_parse.SubmitIds("12", "13")
-    # submit.sh cancelled array 12 itself when its fan-in was rejected: not a submission
+    # submit.sh said it cancels array 12 (its fan-in was rejected), but squeue still shows it
+    # PENDING: its scancel failed too, so it is still this round's submission
     failed = "submit.sh exited 2 at 1\n" + fixture("submit_fanin_rejected.txt").replace("64", "12")
-    assert slurm_parse.parse_find_by_name(text + failed) is None
+    assert slurm_parse.parse_find_by_name(text + failed) == slurm_parse.SubmitIds("12", "13")
+    # once squeue shows it CANCELLED (as squeue_fanin_rejected.txt did for array 64), it is not one
+    cancelled = text.replace("12_0|PENDING|None|fx-ok8", "12_[0-2]|CANCELLED|None|fx-ok8")
+    assert slurm_parse.parse_find_by_name(cancelled + failed) is None
+    # gone from squeue, with its final accounting record: over, too
+    gone = text.replace("12_0|PENDING|None|fx-ok8\n", "").replace(
+        "@@BATCHSITE sacct -\n", "@@BATCHSITE sacct -\n12_0|CANCELLED by 1001|0:0|None|fx-ok8\n", 1)
+    assert slurm_parse.parse_find_by_name(gone + failed) is None
+    # gone from squeue WITHOUT an accounting record: no proof it is over, so it still counts
+    no_record = text.replace("12_0|PENDING|None|fx-ok8\n", "") + "@@BATCHSITE logs -\n12_0.out\n"
+    assert slurm_parse.parse_find_by_name(no_record + failed) == slurm_parse.SubmitIds("12", "13")
 
 
 def test_parse_find_log_files_witness_what_slurmctld_forgot():
