@@ -43,9 +43,13 @@ class BatchJobSensor(BaseSensorOperator):
         if not self.job_id or not self.indices:
             raise AirflowException(f"{self.task_id}: give `submission`, or `job_id` and `indices`")
         cfg = hook.config
-        return Submission(key=f"job-{self.job_id}", scheduler=cfg.scheduler, indices=list(self.indices),
-                          workdir=self.workdir or f"{cfg.remote_root}/.batchsite/none",
-                          fanout_id=str(self.job_id), fanin_id=self.fanin_id)
+        try:
+            return Submission(key=f"job-{self.job_id}", scheduler=cfg.scheduler, indices=list(self.indices),
+                              workdir=self.workdir or f"{cfg.remote_root}/.batchsite/none",
+                              fanout_id=str(self.job_id), fanin_id=self.fanin_id)
+        except ValidationError as e:
+            # the sensor's own field names (job_id, fanin_id), not the model's (fanout_id)
+            raise AirflowException(explain_validation(f"{self.task_id}: job_id / fanin_id / workdir", e)) from None
 
     def _check_scheduler(self, hook: BatchSiteHook) -> None:
         if self.expected_scheduler and hook.config.scheduler != self.expected_scheduler:

@@ -9,12 +9,37 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: a remote path or a file name that we put into shell commands and scheduler directives
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+#: a job id as the schedulers write it (see ``Submission.fanout_id``)
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@,:+-]{0,9999}")
+
+#: what a round label may not hold: it is written into comment lines of the rendered scripts
+#: (unit.sh, fanin.sh) and the logs, where a newline would start an executed line
+_LABEL_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+LABEL_MAX = 200
+
+
+def _check_label(value: str) -> str:
+    bad = _LABEL_FORBIDDEN.search(value)
+    if bad:
+        raise ValueError(f"a round label is one line of printable text: character {bad.group()!r} at position "
+                         f"{bad.start()} is not allowed (remove newlines and control characters)")
+    if not value.strip():
+        raise ValueError("a round label must not be empty: leave it unset to use the task id")
+    if len(value) > LABEL_MAX:
+        raise ValueError(f"a round label has at most {LABEL_MAX} characters (got {len(value)}): shorten it")
+    return value
+
+
+#: a human-readable round label (progress lines, script comments); validated wherever it enters
+RoundLabel = Annotated[str, AfterValidator(_check_label)]
 
 
 class Frozen(BaseModel):
@@ -149,7 +174,7 @@ class RoundSpec(Frozen):
     """
 
     key: str
-    label: str
+    label: RoundLabel
     workdir: str
     units: list[WorkUnit] = Field(min_length=1)
     fanin: list[str] | None = None  # argv of the fan-in step, run after every unit succeeded
@@ -221,6 +246,16 @@ class Submission(Frozen):
     #: which submission of the round this is: 1, then 2, 3, ... for each rescue resubmission
     #: (the record's ``attempt``; a re-attaching task continues the rescue count from it)
     attempt: int = Field(default=1, ge=1)
+
+    @field_validator("fanout_id", "fanin_id")
+    @classmethod
+    def _job_id(cls, value: str | None, info) -> str | None:
+        # ids go into the status, cancel and release commands: only the characters the three
+        # schedulers' ids use (Slurm "200,201@1001", HTCondor "123" / "fanin", local "host:pid")
+        if value is not None and not JOB_ID.fullmatch(value):
+            raise ValueError(f"{info.field_name} {value[:80]!r} is not a job id: letters, digits and . _ @ , : + - "
+                             "only (a Slurm array id, an HTCondor cluster id, a local host:pid)")
+        return value
 
     @property
     def job_ids(self) -> list[str]:

@@ -28,7 +28,7 @@ from batchsite.backends.slurm import compact_indices
 from batchsite.backends.slurm_parse import expand_indices
 from batchsite.config import SiteConfig
 from batchsite.model import (
-    JobState, Resources, RoundDigest, RoundSpec, RoundStatus, Submission, TaskStatus, UnitTemplate, WorkUnit,
+    JobState, Resources, RoundDigest, RoundLabel, RoundSpec, RoundStatus, Submission, TaskStatus, UnitTemplate, WorkUnit,
     expand_ranges,
 )
 
@@ -309,7 +309,7 @@ class RoundRequest(BaseModel):
     #: the units in O(1) size (an argv template over an index range), instead of ``units``
     unit_template: UnitTemplate | None = None
     fanin: list[str] | None = None
-    label: str | None = None
+    label: RoundLabel | None = None
     round_index: int | None = Field(default=None, ge=0)
     workdir: str | None = None
     cwd: str | None = None
@@ -414,7 +414,7 @@ class RoundWatch(BaseModel):
     adopted: bool = False  # the task re-attached to an earlier submission
     #: the units of this submission, in Slurm's array notation ("0-31", "1,4,7-9")
     indices: str
-    label: str
+    label: RoundLabel
     hold_after_seconds: float = 600.0
     #: absolute, epoch seconds: the watch gives up after it; re-deferring never moves it
     deadline: float | None = None
