@@ -28,7 +28,7 @@ from batchsite.polling import apply_vanish_grace
 from batchsite.roundinfo import read_ran_with
 from batchsite.rounds import (
     CannotEscalate, Decision, HoldPolicy, RescuePolicy, RoundRequest, RoundResult, RoundWatch, RoundWatchEvent,
-    classify_failures, describe_failure, needs_more, out_of_memory, rescue_plan, spec_from_request,
+    classify_failures, describe_failure, fanin_only_index, needs_more, out_of_memory, rescue_plan, spec_from_request,
 )
 from batchsite.site import Site
 from batchsite.triggers.round import BatchRoundTrigger
@@ -148,6 +148,13 @@ class BatchRoundOperator(BaseOperator):
             spec, numbers = self.first_spec(context, site, hook, request)
             submission = site.submit(spec)
             self._submission = submission
+            if submission.adopted and submission.attempt > 1:
+                # a retried task found a rescue submitted before it: count on from it (max_rescues
+                # bounds the round, not one try of the task), and know a fan-in-only rescue by its
+                # index, which no unit has: its outcome is the fan-in's, never a unit's
+                numbers = {**numbers, "rescues": numbers.get("rescues", 0) + submission.attempt - 1}
+                if spec.fanin and submission.indices == [fanin_only_index(spec)]:
+                    numbers["fanin_only"] = True
             verb = "re-attached to existing" if submission.adopted else "submitted"
             self.log.info("%s: %s round %s on site %s as job %s (workdir %s)", spec.label, verb,
                           submission.key, site.name, ",".join(submission.job_ids), submission.workdir)

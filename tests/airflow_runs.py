@@ -93,13 +93,17 @@ def slurm_jobs_named(info, name: str) -> list[str]:
     return sorted({line.split("_")[0] for line in r.stdout.split() if line.strip()})
 
 
-def slurm_states(info, name: str, timeout: float = 60) -> dict[str, str]:
-    """Final accounting state of every array task and job named ``name`` (waits for sacct)."""
+def slurm_states(info, name: str, timeout: float = 60, min_entries: int = 1) -> dict[str, str]:
+    """Final accounting state of every array task and job named ``name`` (waits for sacct).
+
+    slurmdbd records jobs a moment after they end: wait until at least ``min_entries`` lines
+    are there (the units the test knows ran) as well as none of them pending or running."""
     deadline = time.monotonic() + timeout
     while True:
         r = on_site(info, f"sacct -n -P -X --name={name} --starttime=now-1days -o JobID,State")
         states = dict(line.split("|", 1) for line in r.stdout.split() if "|" in line)
-        if states and all(s not in ("PENDING", "RUNNING", "REQUEUED") for s in states.values()):
+        if len(states) >= max(1, min_entries) and all(
+                s not in ("PENDING", "RUNNING", "REQUEUED") for s in states.values()):
             return states
         if time.monotonic() > deadline:
             return states

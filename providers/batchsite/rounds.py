@@ -182,7 +182,7 @@ class RanWith(BaseModel):
 class RescuePlan(BaseModel):
     """What a rescue submits (``spec``), the round's resources after escalation (what the
     next rescue starts from), and whether the spec is the fan-in run alone as a one-job round
-    (a round needs a unit: the fan-in's argv becomes the unit with the lowest index)."""
+    (a round needs a unit: the fan-in's argv becomes the unit ``fanin_only_index``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -202,8 +202,11 @@ def _more(res: Resources, st_list: list[TaskStatus], what: str, scheduler: str, 
             raise CannotEscalate(f"{what} hit the time limit it ran with ({ran}) and no longer one can be given "
                                  f"({scheduler}, JobFlavour {res.job_flavour}, time {res.time_minutes} min): "
                                  "split the work into shorter units")
+        # HTCondor rounds usually set only a JobFlavour: no "time None -> None" in the note
+        time_change = (f", time {res.time_minutes} -> {new.time_minutes} min"
+                       if res.time_minutes is not None or new.time_minutes is not None else "")
         notes.append(f"{what} hit their time limit ({ran}): JobFlavour {res.job_flavour or '-'} -> "
-                     f"{new.job_flavour or '-'}, time {res.time_minutes} -> {new.time_minutes} min")
+                     f"{new.job_flavour or '-'}{time_change}")
         res = new
     if any(out_of_memory(s) for s in st_list):
         had = ran_mem_mb or res.mem_mb
@@ -214,6 +217,13 @@ def _more(res: Resources, st_list: list[TaskStatus], what: str, scheduler: str, 
         notes.append(f"{what} ran out of memory ({had or 'the default'} MB): memory -> {mem} MB")
         res = res.model_copy(update={"mem_mb": mem})
     return res
+
+
+def fanin_only_index(spec: RoundSpec) -> int:
+    """The index a fan-in-only rescue of ``spec`` runs the fan-in under: one no unit of the
+    round has, so that the submission record (all a retried task finds when it re-attaches)
+    tells a fan-in-only rescue from a rescue of one unit, and its logs never replace a unit's."""
+    return max(spec.indices) + 1
 
 
 def rescue_plan(spec: RoundSpec, status: RoundStatus, *, scheduler: str, narrow: bool,
@@ -243,7 +253,7 @@ def rescue_plan(spec: RoundSpec, status: RoundStatus, *, scheduler: str, narrow:
     elif narrow and fanin_failed and spec.fanin:
         fanin_only = True
         run = run.model_copy(update={
-            "units": [WorkUnit(index=spec.indices[0], argv=list(spec.fanin))],
+            "units": [WorkUnit(index=fanin_only_index(spec), argv=list(spec.fanin))],
             "fanin": None, "resources": fanin_resources or resources, "fanin_resources": None})
         notes.append(f"only the fan-in reruns; the {len(spec.units)} units' outputs are kept")
     return RescuePlan(spec=run, resources=resources, fanin_resources=fanin_resources, fanin_only=fanin_only,

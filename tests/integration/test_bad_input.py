@@ -74,13 +74,17 @@ def test_bad_params_fail_before_anything_remote(site_info, airflow_home):
     assert on_site(site_info, "squeue -h -o %i | wc -l").stdout.strip() == before
 
 
-def test_faser_missing_env_script_is_refused_before_submitting(site_info, airflow_home):
+def test_faser_missing_group_chain_is_refused_before_submitting(site_info, airflow_home):
     work = f"{site_info['remote_root']}/faser-bad-{uuid.uuid4().hex[:6]}"
     conf = {"site_conn_id": "slurm_site", "files": "400-402", "iterations": 2,
-            "config": {"paths": {"work_dir": work, "env_script": "/nonexistent/reco_condor_env.sh",
-                                 "calypso_install": "/nonexistent/calypso", "pede_install": "/nonexistent/pede"}}}
+            "config": {"paths": {"work_dir": work, "src_dir": "/nonexistent/faser-alignment-script",
+                                 "calypso_asetup": "/nonexistent/asetup.faser",
+                                 "calypso_setup": "/nonexistent/calypso/setup.sh",
+                                 "env_pede": "/nonexistent/pede", "env_root": "/nonexistent/thisroot.sh"}}}
     r = dags_test(airflow_home, "faser_alignment", conf, timeout=300, slurm_site=site_conn(site_info))
     out = r.stdout + r.stderr
     assert "state=success" not in out
-    assert "paths.env_script='/nonexistent/reco_condor_env.sh' does not exist on the site" in out
+    assert ("paths.src_dir (templates/runAlignment.sh)='/nonexistent/faser-alignment-script/templates/"
+            "runAlignment.sh' does not exist on the site") in out
+    assert "paths.env_root='/nonexistent/thisroot.sh' does not exist on the site" in out
     assert on_site(site_info, f"test -e {work}").returncode != 0  # nothing written remotely

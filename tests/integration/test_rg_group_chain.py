@@ -56,7 +56,11 @@ def slurm_conn(site_info):
 
 def _ok(r) -> str:
     out = r.stdout + r.stderr
-    assert r.returncode == 0 and "state=success" in out, out[-6000:]
+    if r.returncode != 0 or "state=success" not in out:
+        # the failed task's own lines first: the tail alone is the DAG run's bookkeeping
+        errors = [ln for ln in out.splitlines()
+                  if re.search(r"error|Traceback|Exception|failed|refused|CONTRACT", ln) and "graphviz" not in ln]
+        raise AssertionError("\n".join(errors[-60:]) + "\n--- tail ---\n" + out[-3000:])
     return out
 
 

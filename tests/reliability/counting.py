@@ -46,10 +46,20 @@ def _array_size(job_id: str) -> int:
 def slurm_round(info: dict, key: str, units: int, *, fanin: bool = True,
                 expected: frozenset[str] = SLURM_DONE) -> RoundCount:
     """A Slurm round (one array of ``units`` + an afterok fan-in job) counted in sacct."""
-    states = slurm_states(info, key)
-    array_ok = sum(_array_size(j) for j, s in states.items() if "_" in j and s.split()[0] in expected)
-    fanin_ok = sum(1 for j, s in states.items() if "_" not in j and s.split()[0] in expected)
-    lost = max(0, units - array_ok) + (max(0, 1 - fanin_ok) if fanin else 0)
+    # a round that ran to its end has every unit (and the fan-in) in sacct; after a cancel,
+    # jobs that never started may never appear there
+    cancelled = "CANCELLED" in expected
+    states = slurm_states(info, key, timeout=20 if cancelled else 60,
+                          min_entries=1 if cancelled else units + int(fanin))
+    if cancelled:
+        # a cancel was the intent: a job lost is one that ended otherwise (FAILED, TIMEOUT, ...).
+        # Jobs cancelled before they ever started may never reach sacct (slurmdbd records no
+        # start), so an absent job is not a lost one here
+        lost = sum(_array_size(j) if "_" in j else 1 for j, s in states.items() if s.split()[0] not in expected)
+    else:
+        array_ok = sum(_array_size(j) for j, s in states.items() if "_" in j and s.split()[0] in expected)
+        fanin_ok = sum(1 for j, s in states.items() if "_" not in j and s.split()[0] in expected)
+        lost = max(0, units - array_ok) + (max(0, 1 - fanin_ok) if fanin else 0)
     double = len(slurm_jobs_named(info, key)) - (2 if fanin else 1)
     return RoundCount(lost, double, states)
 

@@ -113,7 +113,8 @@ def test_a_failed_fanin_alone_reruns_only_the_fanin():
     d = classify_failures(ended, RescuePolicy(), 0, "r")
     assert d.action == "rescue" and d.ratio == 0 and "only the fan-in failed" in d.message  # not 1/32 of anything
     plan = rescue_plan(spec, ended, scheduler="slurm", narrow=True)
-    assert plan.fanin_only and [(u.index, u.argv) for u in plan.spec.units] == [(3, ["merge", "all"])]
+    # under an index no unit has (3-34): the record a re-attaching task reads tells it from unit 3
+    assert plan.fanin_only and [(u.index, u.argv) for u in plan.spec.units] == [(35, ["merge", "all"])]
     assert plan.spec.fanin is None and plan.spec.resources == spec.fanin_resources  # the fan-in's resources
     # HTCondor: the same DAG again (its rescue DAG skips the done nodes)
     assert len(rescue_plan(spec, ended, scheduler="htcondor", narrow=False).spec.units) == 32
@@ -122,7 +123,7 @@ def test_a_failed_fanin_alone_reruns_only_the_fanin():
     plan = rescue_plan(spec, timed, scheduler="slurm", narrow=True, ran=RanWith(fanin_seconds=30 * 60))
     assert plan.spec.resources.time_minutes == 60 and plan.resources.time_minutes == 10
     # what the watch carries: the next rescue starts from the raised fan-in, not the request's
-    watch = RoundWatch(site_conn_id="s", round_key="k", workdir="/w/k", fanout_id="1", indices="3", label="k",
+    watch = RoundWatch(site_conn_id="s", round_key="k", workdir="/w/k", fanout_id="1", indices="35", label="k",
                        **RoundWatch.raises(plan))
     assert watch.fanin_only and watch.raised(spec).fanin_resources.time_minutes == 60
     assert watch.raised(spec).resources.time_minutes == 10

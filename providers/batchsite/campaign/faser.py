@@ -82,6 +82,18 @@ class PathsConfig(_Section):
         # submit files and DAG files on the site
         return v if v is None else check_site_path(info.field_name, v)
 
+    @field_validator("env_script")
+    @classmethod
+    def _no_env_script(cls, v):
+        # a field validator (not the cross check) so the refusal is reported with every other
+        # field error of the same config
+        if v is not None:
+            raise ValueError(
+                "env_script is main.py's environment script; batchsite runs your templates/runAlignment.sh, "
+                "which sets up ATLAS and Calypso itself from paths.calypso_asetup and paths.calypso_setup: "
+                "remove paths.env_script (a site-wide environment goes in the connection's env_script)")
+        return v
+
 
 class GroupPaths(BaseModel):
     """The paths of the group's chain, fallbacks resolved (``FaserConfig.group_paths``)."""
@@ -157,11 +169,6 @@ class FaserConfig(_Section):
         paths = self.paths
         if self.storage.use_eos_for_output and not paths.eos_output_dir:
             raise ValueError("storage.use_eos_for_output is true but paths.eos_output_dir is not set")
-        if paths.env_script:
-            raise ValueError(
-                "paths.env_script is main.py's environment script; batchsite runs your templates/runAlignment.sh, "
-                "which sets up ATLAS and Calypso itself from paths.calypso_asetup and paths.calypso_setup: "
-                "remove paths.env_script (a site-wide environment goes in the connection's env_script)")
         resolved = self._group_values()
         if any(resolved.values()) or paths.initial_constants:
             missing = [f"paths.{k}" for k, v in resolved.items() if not v]
