@@ -70,7 +70,7 @@ def test_group_chain_fp_then_exp_reports_z_std_and_nu(site_info, airflow_home, s
     fp = {"site_conn_id": "slurm_site", "type": "FP", "version": version, "steps": 3, "samples": SAMPLES,
           "batches": BATCHES, "throttle": 2, "seed": 7, "tolerance": 0.0001, "max_samples": SAMPLES,
           "group": group()}
-    out = _ok(dags_test(airflow_home, "rg_campaign", fp, timeout=1200, slurm_site=slurm_conn))
+    out = _ok(dags_test(airflow_home, "rg_campaign", fp, timeout=600, slurm_site=slurm_conn))
     fp_dir = f"{REPO}/job_outputs/{vs}/FP"
     stds = [float(x) for x in re.findall(r"RG step \d: z mean [-+.\d]+  z std ([.\d]+)", out)]
     assert len(stds) == 3 and all(1.0 < s < 4.0 for s in stds), out[-3000:]
@@ -99,7 +99,7 @@ def test_group_chain_fp_then_exp_reports_z_std_and_nu(site_info, airflow_home, s
 
     exp = {**fp, "type": "EXP", "version": f"{version}x", "fp_version": version, "steps": 2,
            "shifts": [0.0, 0.5, 1.0]}
-    out = _ok(dags_test(airflow_home, "rg_campaign", exp, timeout=1200, slurm_site=slurm_conn))
+    out = _ok(dags_test(airflow_home, "rg_campaign", exp, timeout=600, slurm_site=slurm_conn))
     assert f"start from FP {version} RG step 2" in out
     exp_dir = f"{REPO}/job_outputs/{version}x_analytic_shaw/EXP"
     for s in ("0.0", "0.5", "1.0"):

@@ -32,7 +32,12 @@ module load GCC/13.3.0 SciPy-bundle/2024.05
 source "$REPO_ROOT/.venv/bin/activate"
 outputdir="$REPO_ROOT/job_outputs/$VERSIONSTR/EXP/shift_${SHIFT}"
 mkdir -p "$outputdir/config" "$outputdir/data/$STEP"
-[ -f "$outputdir/config/updated_config.yaml" ] || cp "$CFG" "$outputdir/config/updated_config.yaml"
+# the array's tasks start together: copy under a temp name, then rename (a plain cp raced:
+# "cannot create regular file ... File exists")
+[ -f "$outputdir/config/updated_config.yaml" ] || {
+  cp "$CFG" "$outputdir/config/.updated_config.yaml.$$" &&
+    mv -f "$outputdir/config/.updated_config.yaml.$$" "$outputdir/config/updated_config.yaml"
+}
 echo "gen_shifted_data.sh: shift $SHIFT batch $TASK_ID/$NUM_BATCHES size $BATCH_SIZE seed $JOB_SEED"
 rg_python shift "$outputdir/data/$STEP/perturbed_t_shift_${SHIFT}_batch_${TASK_ID}.npy" "$BATCH_SIZE" \
   "$(readlink -f "$INPUT_HIST")" "$JOB_SEED" "$SHIFT"

@@ -70,7 +70,12 @@ batchdir="$outputdir/data/RG${RG_STEP}/batches/batch_${TASK_ID}"
 tempbatchdir="${TMPDIR:-/tmp}/rg_gen_${SLURM_ARRAY_JOB_ID:-nojob}_${TASK_ID}_$$/RG${RG_STEP}/batch_${TASK_ID}"
 mkdir -p "$outputdir/config" "$tempbatchdir"
 trap 'rm -rf "$(dirname "$(dirname "$tempbatchdir")")"' EXIT
-[ -f "$outputdir/config/updated_config.yaml" ] || cp "$CFG" "$outputdir/config/updated_config.yaml"
+# the array's tasks start together: copy under a temp name, then rename (a plain cp raced:
+# "cannot create regular file ... File exists")
+[ -f "$outputdir/config/updated_config.yaml" ] || {
+  cp "$CFG" "$outputdir/config/.updated_config.yaml.$$" &&
+    mv -f "$outputdir/config/.updated_config.yaml.$$" "$outputdir/config/updated_config.yaml"
+}
 
 echo "rg_gen_batch.sh: $TYPE RG$RG_STEP batch $TASK_ID/$NUM_BATCHES size $BATCH_SIZE seed $JOB_SEED input $T_INPUT"
 rg_python gen "$tempbatchdir" "$RG_STEP" "$BATCH_SIZE" "$JOB_SEED" "$TASK_ID" "$INITIAL" "$T_INPUT"

@@ -63,7 +63,12 @@ module load GCC/13.3.0 SciPy-bundle/2024.05
 # shellcheck disable=SC1091
 source "$REPO_ROOT/.venv/bin/activate"
 mkdir -p "$outputdir/config"
-[ -f "$outputdir/config/updated_config.yaml" ] || cp "$CFG" "$outputdir/config/updated_config.yaml"
+# the array's tasks start together: copy under a temp name, then rename (a plain cp raced:
+# "cannot create regular file ... File exists")
+[ -f "$outputdir/config/updated_config.yaml" ] || {
+  cp "$CFG" "$outputdir/config/.updated_config.yaml.$$" &&
+    mv -f "$outputdir/config/.updated_config.yaml.$$" "$outputdir/config/updated_config.yaml"
+}
 rm -f "$stepdir/DONE.json"
 rm -rf "$stepdir/laundered"
 
