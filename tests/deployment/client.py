@@ -63,6 +63,13 @@ class AirflowClient:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
                             params={"limit": 1000})["task_instances"]
 
+    def task_tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
+        """Every recorded try of one task instance (history and current), oldest first. Airflow
+        can raise ``try_number`` without recording a try (a task put back to scheduled, e.g. by
+        the stuck-in-queued sweep), so ``range(1, try_number + 1)`` may name tries that have no log."""
+        data = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries")
+        return sorted(data["task_instances"], key=lambda t: t["try_number"])
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float,
                      on_poll: Callable[[list[dict]], None] | None = None, interval: float = 1.0) -> dict:
         """Poll until the run is success or failed; AssertionError with every task's state on

@@ -61,9 +61,12 @@ def _trigger_starts(log: str, run_id: str, task_id: str) -> int:
 
 
 def _submit_logs(client: AirflowClient, run_id: str, task_id: str) -> str:
-    """Every try's log of a round's (map index 0) submit task, through the API."""
-    ti = [t for t in client.task_instances(DAG, run_id) if t["task_id"] == task_id and t["map_index"] == 0][0]
-    return "\n".join(client.task_log(DAG, run_id, task_id, 0, n) for n in range(1, ti["try_number"] + 1))
+    """Every recorded try's log of a round's (map index 0) submit task, through the API, each
+    headed by its try number and state (so an assertion message shows which tries there were)."""
+    tries = client.task_tries(DAG, run_id, task_id, 0)
+    assert tries, f"{task_id}: no recorded try"
+    return "\n".join(f"=== try {t['try_number']} ({t['state']})\n" + client.task_log(DAG, run_id, task_id, 0, t["try_number"])
+                     for t in tries)
 
 
 def _trigger_log_owners(deployment, run_id: str, task_id: str) -> set[str]:
