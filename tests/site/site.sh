@@ -5,10 +5,12 @@
 # metadata DB, the campaign ledger). Must run as root (Debian 12).
 #
 # Usage: site.sh COMMAND
-#   start [--no-accounting]  install missing packages, start sshd, munged, (mariadb, slurmdbd),
+#   start [--no-accounting] [--batch-only]
+#                            install missing packages, start sshd, munged, (mariadb, slurmdbd),
 #                            slurmctld, slurmd, postgres; verify `sbatch --wrap true` by bsite
 #                            over SSH; write site.json / site.env. Idempotent (a second start
-#                            is < 2 s).
+#                            is < 2 s). --batch-only: the batch site alone, no PostgreSQL and no
+#                            browser packages (docker/: PostgreSQL is a container of its own)
 #                            Switching accounting mode rewrites /etc/slurm/slurm.conf and
 #                            restarts slurmctld + slurmd (and stops slurmdbd/mariadb for
 #                            --no-accounting).
@@ -17,9 +19,17 @@
 #                            cancelling unfinished Slurm jobs; removes site.json / site.env.
 #   status                   which daemons are alive (by PID), sinfo/squeue, condor_status
 #   env                      print site.env (fails if the site is not started)
-#   start-condor             HTCondor personal pool run by bsite (unpacks the tarball if needed),
-#                            verifies condor_submit over SSH; adds CONDOR_* to site-env.sh.
-#                            Changed policy settings (below) -> condor_reconfig of a running pool
+#   start-condor             HTCondor personal pool run by bsite (installs HTCondor if needed, as
+#                            install-condor), verifies condor_submit over SSH; adds CONDOR_* to
+#                            site-env.sh. Changed policy settings (below) -> condor_reconfig of a
+#                            running pool
+#   install-condor           only make $BATCHSITE_CONDOR_PREFIX/sbin/condor_master exist, from the
+#                            first of: (1) the tarball BATCHSITE_CONDOR_TARBALL, or by default the
+#                            project's build in <repo>/../shared/htcondor/ when that is present;
+#                            (2) an HTCondor already installed: condor_master on PATH (its release
+#                            dir is linked as the prefix); (3) the official HTCondor release
+#                            tarball (CONDOR_RELEASE_URL below), checked against its sha256 before
+#                            it is unpacked. Starts nothing.
 #   stop-condor              stop the pool (condor_master PID)
 #   restart-sshd | stop-sshd | start-sshd | stop-slurmctld | start-slurmctld
 #                            fault injection for tests
@@ -32,11 +42,17 @@
 # Environment:
 #   BATCHSITE_SITE_DIR      state dir            [<repo>/.state/site]
 #   BATCHSITE_SSH_PORT      sshd port            [2222]
+#   BATCHSITE_SSH_LISTEN    sshd address         [127.0.0.1; docker/: 0.0.0.0, for the other containers]
 #   BATCHSITE_DB_PORT       MariaDB TCP port on 127.0.0.1 (slurmdbd uses TCP) [3307]
 #   BATCHSITE_PG_PORT       PostgreSQL TCP port on 127.0.0.1 (Airflow metadata DB, campaign
 #                           ledger; not 5432, so a system cluster can coexist) [5433]
-#   BATCHSITE_CONDOR_TARBALL  [<repo>/../shared/htcondor/condor-25.13.2-x86_64-debian12.tar.zst]
-#   BATCHSITE_CONDOR_PREFIX   [/opt/condor]; not unpacked when sbin/condor_master exists there
+#   BATCHSITE_CONDOR_TARBALL  a relocatable HTCondor tarball (top folder with sbin/condor_master);
+#                             set: it must exist. Unset: <repo>/../shared/htcondor/
+#                             condor-25.13.2-x86_64-debian12.tar.zst if present, else the fallbacks
+#   BATCHSITE_CONDOR_PREFIX   [/opt/condor]; nothing is installed when sbin/condor_master exists there
+#   BATCHSITE_CONDOR_RELEASE_URL, BATCHSITE_CONDOR_RELEASE_SHA256
+#                             the official release tarball of fallback (3) and its sha256
+#                             [CONDOR_RELEASE_URL, CONDOR_RELEASE_SHA256 below]
 #   BATCHSITE_CONDOR_HELD_REMOVE_AFTER  seconds a held job stays before removal [86400]
 #   BATCHSITE_FLAVOUR_SCALE   lxplus +JobFlavour limits x this (number or fraction) [5/1200:
 #                             espresso 20 min -> 5 s, microcentury 1 h -> 15 s; 1 = as lxplus]
@@ -57,6 +73,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 STATE=$(realpath -m "${BATCHSITE_SITE_DIR:-$REPO/.state/site}")
 SSH_PORT=${BATCHSITE_SSH_PORT:-2222}
+SSH_LISTEN=${BATCHSITE_SSH_LISTEN:-127.0.0.1}
 DB_PORT=${BATCHSITE_DB_PORT:-3307}
 PG_PORT=${BATCHSITE_PG_PORT:-5433}
 START_TIMEOUT=${BATCHSITE_SITE_START_TIMEOUT:-90}
@@ -80,7 +97,14 @@ SLURMD_PORT=6818
 SLURMDBD_PORT=6819
 
 CONDOR_PREFIX=${BATCHSITE_CONDOR_PREFIX:-/opt/condor}
-CONDOR_TARBALL=$(realpath -m "${BATCHSITE_CONDOR_TARBALL:-$REPO/../shared/htcondor/condor-25.13.2-x86_64-debian12.tar.zst}")
+CONDOR_SHARED_TARBALL=$(realpath -m "$REPO/../shared/htcondor/condor-25.13.2-x86_64-debian12.tar.zst")
+# the official release tarball (research.cs.wisc.edu/htcondor/tarball/<series>/<version>/release/;
+# the "stripped" build: binaries without debug symbols, its own libraries in lib/condor)
+CONDOR_RELEASE_URL=${BATCHSITE_CONDOR_RELEASE_URL:-https://research.cs.wisc.edu/htcondor/tarball/25.x/25.13.2/release/condor-25.13.2-x86_64_Debian12-stripped.tar.gz}
+# Not pinned yet: that server could not be reached from the machine this was written on, and a
+# checksum that was never computed from the file must not be written down. The download refuses
+# to run until BATCHSITE_CONDOR_RELEASE_SHA256 (or this constant) holds the real one.
+CONDOR_RELEASE_SHA256=${BATCHSITE_CONDOR_RELEASE_SHA256:-}
 CONDOR_DIR=$SITE_HOME/condor
 CONDOR_CFG=$CONDOR_DIR/condor_config
 CONDOR_HELD_REMOVE_AFTER=${BATCHSITE_CONDOR_HELD_REMOVE_AFTER:-86400}
@@ -109,6 +133,8 @@ BASE_PACKAGES=(openssh-server openssh-client munge slurmctld slurmd slurm-client
                python3 python3-numpy zstd util-linux shellcheck)
 ACCT_PACKAGES=(slurmdbd mariadb-server mariadb-client)
 PG_PACKAGES=(postgresql)
+# the web UI test (tests/deployment/test_ui.py): headless Chromium driven by Selenium
+UI_PACKAGES=(chromium chromium-driver)
 
 # ---------------------------------------------------------------- helpers
 say() { printf 'site.sh: %s\n' "$*"; }
@@ -405,7 +431,7 @@ export BATCHSITE_SITE_PG_LEDGER_URI=$(shq "$(pg_uri batchsite_ledger)")"
 sshd_config_content() {
   cat <<EOF
 # batchsite test site sshd (written by tests/site/site.sh)
-ListenAddress 127.0.0.1
+ListenAddress $SSH_LISTEN
 Port $SSH_PORT
 AddressFamily inet
 HostKey $HOST_KEY
@@ -784,10 +810,11 @@ probe_slurm() {
 
 # ---------------------------------------------------------------- commands
 cmd_start() {
-  local mode=accounting
+  local mode=accounting batch_only=
   while [ $# -gt 0 ]; do
     case $1 in
       --no-accounting) mode=none ;;
+      --batch-only) batch_only=1 ;;
       *) die "start: unknown option '$1'" ;;
     esac
     shift
@@ -795,8 +822,10 @@ cmd_start() {
   check_root
   lock_state
   CLEAR_SITE_FILES_ON_LAUNCH=1
-  if [ "$mode" = accounting ]; then ensure_packages "${BASE_PACKAGES[@]}" "${ACCT_PACKAGES[@]}" "${PG_PACKAGES[@]}"
-  else ensure_packages "${BASE_PACKAGES[@]}" "${PG_PACKAGES[@]}"; fi
+  local packages=("${BASE_PACKAGES[@]}")
+  [ "$mode" = accounting ] && packages+=("${ACCT_PACKAGES[@]}")
+  [ -n "$batch_only" ] || packages+=("${PG_PACKAGES[@]}" "${UI_PACKAGES[@]}")
+  ensure_packages "${packages[@]}"
   clear_traffic_drop
   mark packages
   ensure_user; ensure_keys; write_site_env_script
@@ -837,8 +866,7 @@ cmd_start() {
   alive slurmd || start_slurmd
   wait_node_idle
   mark slurmd+node
-  ensure_postgres
-  mark postgres
+  if [ -z "$batch_only" ]; then ensure_postgres; mark postgres; fi
   if [ -z "$LAUNCHED" ] && [ -s "$SITE_JSON" ] && [ "$old_mode" = "$mode" ]; then
     quick_probe_slurm   # everything was already up and verified by an earlier start
   else
@@ -847,7 +875,7 @@ cmd_start() {
   fi
   mark probe
   write_site_files
-  say "site up: ssh -i $CLIENT_KEY -o UserKnownHostsFile=$KNOWN_HOSTS -p $SSH_PORT $SITE_USER@127.0.0.1 (accounting: $([ "$mode" = accounting ] && echo on || echo off)); postgres 127.0.0.1:$PG_PORT (databases: ${PG_DATABASES[*]}); $SITE_JSON"
+  say "site up: ssh -i $CLIENT_KEY -o UserKnownHostsFile=$KNOWN_HOSTS -p $SSH_PORT $SITE_USER@127.0.0.1 (accounting: $([ "$mode" = accounting ] && echo on || echo off)); $([ -n "$batch_only" ] && echo "no postgres (--batch-only)" || echo "postgres 127.0.0.1:$PG_PORT (databases: ${PG_DATABASES[*]})"); $SITE_JSON"
   print_timings
 }
 
@@ -911,21 +939,73 @@ cmd_env() {
 }
 
 # ---------------------------------------------------------------- HTCondor personal pool
-install_condor() {
-  [ -x "$CONDOR_PREFIX/sbin/condor_master" ] && return 0
-  [ -f "$CONDOR_TARBALL" ] || die "no HTCondor at $CONDOR_PREFIX and no tarball $CONDOR_TARBALL (set BATCHSITE_CONDOR_TARBALL or BATCHSITE_CONDOR_PREFIX)"
-  if [ -e "$CONDOR_PREFIX" ]; then
-    rmdir "$CONDOR_PREFIX" 2>/dev/null || die "$CONDOR_PREFIX exists but has no sbin/condor_master: remove it or set BATCHSITE_CONDOR_PREFIX"
-  fi
-  local parent tmp
+# unpack_condor TARBALL SOURCE : its one top folder holding sbin/condor_master becomes $CONDOR_PREFIX
+unpack_condor() {
+  local tarball=$1 source=$2 parent tmp top
   parent=$(dirname "$CONDOR_PREFIX")
   install -d -m 755 "$parent"
   tmp=$(mktemp -d "$parent/.condor-unpack.XXXXXX")
-  tar --zstd -xf "$CONDOR_TARBALL" -C "$tmp" 9>&- || { rm -rf "$tmp"; die "unpacking $CONDOR_TARBALL failed"; }
-  [ -x "$tmp/condor/sbin/condor_master" ] || { rm -rf "$tmp"; die "$CONDOR_TARBALL has no condor/sbin/condor_master"; }
-  mv "$tmp/condor" "$CONDOR_PREFIX"; rmdir "$tmp"
+  # GNU tar detects the compression (the project's build: zstd; the official tarball: gzip)
+  tar -xf "$tarball" -C "$tmp" 9>&- || { rm -rf "$tmp"; die "unpacking $source failed"; }
+  top=$(find "$tmp" -mindepth 3 -maxdepth 3 -path "$tmp/*/sbin/condor_master" -type f | head -n 1)
+  [ -n "$top" ] || { rm -rf "$tmp"; die "$source has no <top folder>/sbin/condor_master"; }
+  top=$(dirname "$(dirname "$top")")
+  mv "$top" "$CONDOR_PREFIX"; rm -rf "$tmp"
   chmod 755 "$CONDOR_PREFIX"
-  say "installed $("$CONDOR_PREFIX/bin/condor_version" 9>&- | head -1) into $CONDOR_PREFIX"
+  say "installed $("$CONDOR_PREFIX/bin/condor_version" 9>&- | head -1) into $CONDOR_PREFIX (from $source)"
+}
+
+# (3) the official release tarball, verified against CONDOR_RELEASE_SHA256 before unpacking
+download_condor() {
+  [[ $CONDOR_RELEASE_SHA256 =~ ^[0-9a-f]{64}$ ]] ||
+    die "no HTCondor: no tarball (BATCHSITE_CONDOR_TARBALL unset and no $CONDOR_SHARED_TARBALL), no condor_master on PATH, and the official release tarball $CONDOR_RELEASE_URL has no pinned sha256 here: set BATCHSITE_CONDOR_RELEASE_SHA256 to the sha256 published beside it (64 hex digits), or install HTCondor (condor_master on PATH) or set BATCHSITE_CONDOR_TARBALL"
+  ensure_packages curl ca-certificates
+  local dl err
+  dl=$(mktemp "$STATE/run/condor-release.XXXXXX")
+  err=$(curl -fsSL --retry 2 --connect-timeout 20 -o "$dl" "$CONDOR_RELEASE_URL" 2>&1 9>&-) ||
+    { rm -f "$dl"; die "downloading the official HTCondor tarball $CONDOR_RELEASE_URL failed: $(tail -n 1 <<<"$err") (no network? then set BATCHSITE_CONDOR_TARBALL to a copy of it, or install HTCondor)"; }
+  local got
+  got=$(sha256sum "$dl" | cut -d' ' -f1)
+  [ "$got" = "$CONDOR_RELEASE_SHA256" ] ||
+    { rm -f "$dl"; die "$CONDOR_RELEASE_URL has sha256 $got, expected $CONDOR_RELEASE_SHA256: not unpacked"; }
+  unpack_condor "$dl" "the official release tarball $CONDOR_RELEASE_URL (sha256 verified)"
+  rm -f "$dl"
+}
+
+# $CONDOR_PREFIX/sbin/condor_master, from the first source that exists (usage: install-condor)
+install_condor() {
+  [ -x "$CONDOR_PREFIX/sbin/condor_master" ] && return 0
+  if [ -e "$CONDOR_PREFIX" ] || [ -L "$CONDOR_PREFIX" ]; then
+    { [ -d "$CONDOR_PREFIX" ] && [ ! -L "$CONDOR_PREFIX" ] && rmdir "$CONDOR_PREFIX" 2>/dev/null; } ||
+      die "$CONDOR_PREFIX exists but has no sbin/condor_master: remove it or set BATCHSITE_CONDOR_PREFIX"
+  fi
+  local tarball=${BATCHSITE_CONDOR_TARBALL:+$(realpath -m "$BATCHSITE_CONDOR_TARBALL")} master
+  # (1) a tarball: the one named (which must then exist), else the project's build beside the repo
+  if [ -n "$tarball" ]; then
+    [ -f "$tarball" ] || die "BATCHSITE_CONDOR_TARBALL=$tarball: no such file"
+    unpack_condor "$tarball" "BATCHSITE_CONDOR_TARBALL=$tarball"; return 0
+  fi
+  if [ -f "$CONDOR_SHARED_TARBALL" ]; then unpack_condor "$CONDOR_SHARED_TARBALL" "the project's build $CONDOR_SHARED_TARBALL"; return 0; fi
+  # (2) an installed HTCondor: its release dir (<dir>/sbin/condor_master, <dir>/bin/condor_submit)
+  if master=$(command -v condor_master); then
+    local release
+    release=$(dirname "$(dirname "$(realpath "$master")")")
+    [ -x "$release/bin/condor_submit" ] ||
+      die "condor_master on PATH ($master) has no $release/bin/condor_submit beside it: not a release dir; set BATCHSITE_CONDOR_PREFIX to one"
+    install -d -m 755 "$(dirname "$CONDOR_PREFIX")"
+    ln -s "$release" "$CONDOR_PREFIX"
+    say "using the HTCondor on PATH: $CONDOR_PREFIX -> $release ($("$release/bin/condor_version" 9>&- | head -1))"
+    return 0
+  fi
+  # (3) the official release tarball
+  download_condor
+}
+
+cmd_install_condor() {
+  check_root
+  lock_state
+  install_condor
+  say "HTCondor: $CONDOR_PREFIX/sbin/condor_master ($("$CONDOR_PREFIX/bin/condor_version" 9>&- | head -1))"
 }
 
 # lxplus +JobFlavour limits (FORMATS.md section 10), scaled by BATCHSITE_FLAVOUR_SCALE (a positive
@@ -1216,6 +1296,7 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   start-condor) cmd_start_condor ;;
+  install-condor) cmd_install_condor ;;
   stop-condor) cmd_stop_condor ;;
   restart-sshd|stop-sshd|start-sshd|stop-slurmctld|start-slurmctld|drop-traffic|restore-traffic|kill-schedd)
     cmd_fault "$1" ;;
