@@ -12,6 +12,11 @@
   python environment.
 * ``campaigns list`` / ``campaigns show <run>``: the campaign ledger (``batchsite.ledger``):
   campaigns, their rounds with counts, states, exit codes and timestamps, and the decisions.
+* ``report <run>``: the report a campaign's ``report`` task wrote next to its outputs on the
+  site (``batchsite.report``): its text, the files, the outputs' Asset URI; ``--fetch DIR``
+  copies report.json and the PNGs here. The run is found in the campaign ledger (its DAG,
+  site and Params give the outputs dir); ``--campaign rg|faser --conf JSON`` finds it from
+  the Params alone (no ledger).
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ def faser_conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "site_conn_id": args.site,
         "config": config,
         "max_rescues": args.max_rescues if args.max_rescues is not None else defaults["max_rescues"].default,
+        "start_iteration": getattr(args, "start_iteration", None),
     }
     try:
         return parse_params(raw).model_dump(mode="json")
@@ -121,7 +127,7 @@ _WHOLE_INPUT = re.compile(r" \(got \{.*\}\)$", re.S)
 #: the flag of each FASER param, so an error names what the user typed
 FASER_FLAGS = {"year": "-y", "run": "-r", "files": "-f", "iterations": "-i", "fourst": "--fourst",
                "threest": "--threest", "tolerance": "--tolerance", "site_conn_id": "--site",
-               "max_rescues": "--max-rescues", "config": "--config"}
+               "max_rescues": "--max-rescues", "config": "--config", "start_iteration": "--start-iteration"}
 
 
 def _tidy(msg: str) -> str:
@@ -288,7 +294,7 @@ def _faser_align(args: argparse.Namespace) -> int:
         print(f"{prog}: cannot write the rendered round under {local_dir}: {e}", file=sys.stderr)
         return 1
     spec = r["spec"]
-    print(f"dry run: iteration 1 rendered for scheduler {args.scheduler} (site {p.site_conn_id!r}, "
+    print(f"dry run: iteration {p.begin_iteration} rendered for scheduler {args.scheduler} (site {p.site_conn_id!r}, "
           f"remote_root = {r['site'].remote_root}), key {spec.key}")
     print(f"written to {local_dir}/: {', '.join(sorted(r['files']))}")
     if r["site_workdir"] != local_dir:
@@ -389,6 +395,101 @@ def _add_campaigns(sub: Any) -> None:
         a.set_defaults(func=_campaigns)
 
 
+# ---------------------------------------------------------------------------- report
+
+def _report_params(args: argparse.Namespace) -> tuple[str, dict[str, Any], str | None]:
+    """(campaign, its Params, the run id asked for or None) from the ledger or ``--conf``.
+    Raises LedgerError / ValueError with the message to print."""
+    from batchsite.report.model import CAMPAIGN_OF_DAG
+
+    if args.run is None:
+        if args.campaign is None or args.conf is None:
+            raise ValueError("name a DAG run (batchsite report RUN_ID), or give --campaign rg|faser and --conf JSON")
+        try:
+            conf = json.loads(args.conf)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--conf is not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+        if not isinstance(conf, dict):
+            raise ValueError("--conf must be a JSON object: the campaign's Params, as given to dags test -c")
+        return args.campaign, conf, None
+    if args.conf is not None or args.campaign is not None:
+        raise ValueError("give either a run id (found in the ledger) or --campaign with --conf, not both")
+    c = _open_ledger(args.ledger).campaign(args.run, args.dag).campaign
+    if c.dag_id not in CAMPAIGN_OF_DAG:
+        raise ValueError(f"run {c.run_id!r} is of DAG {c.dag_id!r}, which writes no campaign report (those that do: "
+                         f"{', '.join(sorted(CAMPAIGN_OF_DAG))})")
+    if not c.params:
+        raise ValueError(f"the ledger holds no Params for run {c.run_id!r}: use --campaign "
+                         f"{CAMPAIGN_OF_DAG[c.dag_id]} --conf '<its Params>'")
+    return CAMPAIGN_OF_DAG[c.dag_id], c.params, c.run_id
+
+
+def _report(args: argparse.Namespace) -> int:
+    from batchsite.config import SiteConfigError
+    from batchsite.hooks.connection import load_site_config, site_for_conn
+    from batchsite.ledger.store import LedgerError
+    from batchsite.report.locate import campaign_params, outputs_dir
+    from batchsite.report.model import REPORT_JSON
+    from batchsite.report.publish import ReportNotFound, fetch_report, read_report
+    from batchsite.staging.paths import StagingError
+
+    prog = "batchsite report"
+    try:
+        campaign, raw, run_id = _report_params(args)
+        params = campaign_params(campaign, raw)
+        cfg = load_site_config(params.site_conn_id)
+    except LedgerError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, SiteConfigError) as e:  # bad input (CampaignConfigError is a ValueError)
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    site = site_for_conn(cfg)
+    try:
+        report = read_report(site.transport, outputs_dir(params, cfg.remote_root))
+        if run_id is not None and report.run_id != run_id:
+            print(f"{prog}: the report at {report.report_dir} on site {params.site_conn_id} is of run "
+                  f"{report.run_id!r} ({report.dag_id}), which wrote the same outputs after {run_id!r}: "
+                  f"`batchsite report {report.run_id}` shows it", file=sys.stderr)
+            return 1
+        print(f"report of {report.dag_id} / {report.run_id}, written {report.created_at:%Y-%m-%d %H:%M:%S} UTC "
+              f"on site {report.site_conn_id}\n")
+        print(report.text)
+        print(f"\nfiles on the site ({report.report_dir}):")
+        for path in report.files:
+            print(f"  {path}")
+        print(f"Asset: {report.asset_uri}" + ("" if not report.empty else " (no event: nothing finished)"))
+        if args.fetch:
+            pulled = fetch_report(site.transport, report, args.fetch)
+            print(f"fetched into {pulled.local_dir}: {pulled.files_received} file(s) received, "
+                  f"{pulled.files_unchanged} unchanged")
+            for name in [REPORT_JSON, *report.plots]:
+                print(f"  {os.path.join(pulled.local_dir, name)}")
+    except (ReportNotFound, StagingError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        site.close()
+    return 0
+
+
+def _add_report(sub: Any) -> None:
+    r = sub.add_parser(
+        "report", help="a campaign's report (text, plots, Asset) as its report task wrote it on the site",
+        description="Print the report a campaign's report task wrote next to its outputs on the site "
+                    "(<outputs>/report/report.json and the PNG plots). The run is looked up in the campaign "
+                    "ledger (its DAG, site and Params say where the outputs are); without a ledger record give "
+                    "--campaign and --conf.")
+    r.add_argument("run", nargs="?", default=None, help="the DAG run id of the campaign (see `batchsite campaigns list`)")
+    r.add_argument("--dag", default=None, help="the DAG id, when two DAGs share the run id")
+    r.add_argument("--ledger", default=None, metavar="SQLITE_FILE", help="read this SQLite ledger (as `campaigns`)")
+    r.add_argument("--campaign", choices=("rg", "faser"), default=None,
+                   help="without a run id: the campaign whose --conf Params locate the report")
+    r.add_argument("--conf", default=None, metavar="JSON", help="without a run id: the campaign's Params as JSON")
+    r.add_argument("--fetch", default=None, metavar="DIR", help="also copy report.json and the PNGs into DIR")
+    r.set_defaults(func=_report)
+
+
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tolerance", type=float, default=None,
                    help="stop when the constants change less than this (relative; default 0.001)")
     f.add_argument("--max-rescues", type=int, default=None, help="rescue rounds per iteration (default 2)")
+    f.add_argument("--start-iteration", type=int, default=None, metavar="N",
+                   help="restart at iteration N: iteration N-1's constants must be on the site (main.py's -i N)")
     f.add_argument("--scheduler", choices=("htcondor", "slurm", "local"), default="htcondor",
                    help="dry run only: the backend to render with (default: htcondor)")
     f.add_argument("--out", default=".", metavar="DIR",
@@ -427,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trigger the faser_alignment Airflow DAG with these Params instead of a dry run")
     f.set_defaults(func=_faser_align)
     _add_campaigns(sub)
+    _add_report(sub)
     return ap
 
 

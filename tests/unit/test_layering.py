@@ -58,7 +58,8 @@ def core_modules() -> list[str]:
 def test_the_sweep_sees_the_core():
     mods = core_modules()
     for expected in ("batchsite.sitebuild", "batchsite.site", "batchsite.transport.ssh", "batchsite.backends.slurm",
-                     "batchsite.campaign.rg", "batchsite.polling", "batchsite.staging"):
+                     "batchsite.campaign.rg", "batchsite.polling", "batchsite.staging", "batchsite.report.plots",
+                     "batchsite.report.publish"):
         assert expected in mods, f"{expected} missing from the core sweep: {mods}"
     assert not [m for m in mods if _within(m, OUTSIDE_THE_CORE)]
 

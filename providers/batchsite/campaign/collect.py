@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -87,10 +88,16 @@ def collect_round(site: Site, outputs: RGOutputs, prev_hist: str | None, batches
     out.update(done=True, samples=samples, **z_moments(*zhist))
     cur, prev = _load(sec.get(("cur", "-"), "")), _load(sec.get(("prev", "-"), ""))
     if cur is not None and prev is not None:
-        cur_c, prev_c = coarsen(*cur), coarsen(*prev)
-        out["distance"] = hist_l1(cur_c[0], cur_c[1], prev_c[0], prev_c[1])
-        out["noise"] = noise_floor(cur_c[0], cur_c[1], samples)
+        out["distance"], out["noise"] = step_change(cur, prev, samples)
     return out
+
+
+def step_change(cur: tuple[np.ndarray, np.ndarray], prev: tuple[np.ndarray, np.ndarray],
+                samples: int) -> tuple[float, float]:
+    """The convergence metric of a step: the L1 distance between its histogram and the previous
+    step's (both coarsened), and the noise floor of that distance for ``samples`` samples."""
+    cur_c, prev_c = coarsen(*cur), coarsen(*prev)
+    return hist_l1(cur_c[0], cur_c[1], prev_c[0], prev_c[1]), noise_floor(cur_c[0], cur_c[1], samples)
 
 
 def collect_perturbed(site: Site, outputs: RGOutputs, batches: list[int]) -> dict[str, Any]:
@@ -103,12 +110,24 @@ def collect_perturbed(site: Site, outputs: RGOutputs, batches: list[int]) -> dic
             "samples": outputs.n_total, "distance": None, "noise": None}
 
 
-def step_rows(site: Site, params: RGParams, run_dir: str) -> list[dict[str, Any]]:
-    """Per finished step of one output dir: z mean, std, peak (from the normalised z
-    histogram) and the samples, sorted by step."""
+@dataclass(frozen=True)
+class StepHistograms:
+    """One finished step of an output dir as the site holds it (raw values, not normalised)."""
+
+    step: int
+    samples: int | None
+    z: tuple[np.ndarray, np.ndarray]
+    #: the histogram the convergence test compares (``rg.hist_path``: sym_z for FP, z for EXP)
+    compared: tuple[np.ndarray, np.ndarray] | None
+
+
+def step_histograms(site: Site, params: RGParams, run_dir: str, *, compared: bool = False) -> list[StepHistograms]:
+    """Every finished step of one output dir, sorted by step; with ``compared`` also the
+    histogram the convergence test compares (read only when it is not the z histogram)."""
     layout = "group" if params.group is not None else "reference"
-    sec = split_sections(_run(site, "step-hists", layout, run_dir, timeout=300).out)
-    rows = []
+    kind = "sym_z" if compared and params.type == "FP" else None
+    sec = split_sections(_run(site, "step-hists", layout, run_dir, *([kind] if kind else []), timeout=300).out)
+    steps = []
     for (name, key), body in sec.items():
         if name != "zhist" or not key.isdigit():
             continue
@@ -117,8 +136,22 @@ def step_rows(site: Site, params: RGParams, run_dir: str) -> list[dict[str, Any]
         if hist is None:
             continue
         samples = doc.get("n_total") if layout == "group" else doc.get("samples")
-        rows.append({"step": int(key), "samples": samples, **z_moments(*hist)})
-    return sorted(rows, key=lambda row: row["step"])
+        if kind:
+            cmp = _load(sec.get(("cmp", key), ""))
+        else:
+            cmp = hist if compared else None  # EXP compares the z histogram itself
+        steps.append(StepHistograms(step=int(key), samples=samples, z=hist, compared=cmp))
+    return sorted(steps, key=lambda s: s.step)
+
+
+def step_row(hists: StepHistograms) -> dict[str, Any]:
+    """z mean, std, peak (from the normalised z histogram) and the samples of one step."""
+    return {"step": hists.step, "samples": hists.samples, **z_moments(*hists.z)}
+
+
+def step_rows(site: Site, params: RGParams, run_dir: str) -> list[dict[str, Any]]:
+    """Per finished step of one output dir: ``step_row``, sorted by step."""
+    return [step_row(h) for h in step_histograms(site, params, run_dir)]
 
 
 def format_rows(hist_dir: str, rows: list[dict[str, Any]]) -> str:
@@ -134,7 +167,11 @@ def rg_summary(site: Site, params: RGParams) -> tuple[str, dict[str, Any]]:
     """The campaign's report: per-step z statistics of every output dir and, for EXP, nu.
 
     Returns the text and ``{"outputs": {dir: rows}, "nu": [rows]}`` (XCom-sized: steps x shifts)."""
-    per_dir = {d: step_rows(site, params, d) for d in output_dirs(site.remote_root, params)}
+    return summarise(params, {d: step_rows(site, params, d) for d in output_dirs(site.remote_root, params)})
+
+
+def summarise(params: RGParams, per_dir: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """``rg_summary`` of the rows already read (``step_row`` per step of each output dir)."""
     where = "data/RG<k>/hist" if params.group is not None else "hist"
     parts = [format_rows(f"{d}/{where}", rows) for d, rows in per_dir.items()]
     nu: list[dict[str, Any]] = []

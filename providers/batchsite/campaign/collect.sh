@@ -5,9 +5,10 @@
 #   round <done.json> <batch root> <histogram> [<previous histogram> [<z histogram>]]
 #       sections (@@BATCHSITE <name> -): done = the DONE json, ready = the batch_* dirs
 #       holding READY, cur / prev / zhist = the histograms, base64
-#   step-hists reference|group <run dir>
+#   step-hists reference|group <run dir> [<kind>]
 #       for every step with its DONE json and z histogram: sections `done <k>` (the json) and
-#       `zhist <k>` (base64); reference: stats/DONE_RG<k>.json + hist/z/, group: data/RG<k>/
+#       `zhist <k>` (base64); reference: stats/DONE_RG<k>.json + hist/z/, group: data/RG<k>/;
+#       with <kind> (sym_z) also `cmp <k>`: that step's <kind> histogram (the report's L1 metric)
 #   group-fp-steps <FP run dir>  the k of every data/RG<k> with DONE.json and its sym_z histogram
 #   read-json <path>           the file when it exists and is not empty, else nothing
 #   fp-steps <sym_z dir>       the names of the sym_z_hist_RG*.npz in it
@@ -25,18 +26,22 @@ case $cmd in
     echo "@@BATCHSITE zhist -"; [ -n "$zhist" ] && [ -s "$zhist" ] && base64 "$zhist"
     ;;
   step-hists)
-    mode=$1; run=$2
+    mode=$1; run=$2; kind=${3:-}
     if [ "$mode" = group ]; then set -- "$run"/data/RG*; else set -- "$run"/stats/DONE_RG*.json; fi
     for f; do
       if [ "$mode" = group ]; then
-        k=${f##*/RG}; done_json="$f/DONE.json"; z="$f/hist/z/z_hist_RG$k.npz"
+        k=${f##*/RG}; done_json="$f/DONE.json"; hist="$f/hist"
       else
-        k=${f##*/DONE_RG}; k=${k%.json}; done_json=$f; z="$run/hist/z/z_hist_RG$k.npz"
+        k=${f##*/DONE_RG}; k=${k%.json}; done_json=$f; hist="$run/hist"
       fi
+      z="$hist/z/z_hist_RG$k.npz"
       case $k in ""|*[!0-9]*) continue ;; esac
       { [ -s "$done_json" ] && [ -s "$z" ]; } || continue
       echo "@@BATCHSITE done $k"; cat "$done_json"; echo
       echo "@@BATCHSITE zhist $k"; base64 "$z"
+      if [ -n "$kind" ] && [ -s "$hist/$kind/${kind}_hist_RG$k.npz" ]; then
+        echo "@@BATCHSITE cmp $k"; base64 "$hist/$kind/${kind}_hist_RG$k.npz"
+      fi
     done
     ;;
   group-fp-steps)
