@@ -12,10 +12,13 @@ group's own ``templates/runAlignment.sh`` and ``runMillepede.sh``, run unchanged
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
-from batchsite.campaign.faser import MAX_ITERATIONS
+from batchsite.campaign.faser import MAX_ITERATIONS, FaserParams
+from batchsite.campaign.restart import param_schema
+from batchsite.operators.notify import notify_failure
 from batchsite.operators.round_loop import round_loop
+from batchsite.report.model import FASER_OUTPUTS_ALIAS
 
 PARAMS = {
     "year": Param(2023, type="integer", minimum=2022, maximum=2040, title="Year (-y)"),
@@ -34,6 +37,8 @@ PARAMS = {
     "config": Param({}, type="object", title="config.json",
                     description="sections paths / htcondor / alignment / storage, as the group's config.json"),
     "max_rescues": Param(2, type="integer", minimum=0, maximum=10, title="Rescue rounds per iteration"),
+    # the schema is the model's field: the form and the first task's check share the bounds
+    "start_iteration": Param(None, **param_schema(FaserParams, "start_iteration"), title="Restart from iteration"),
 }
 
 
@@ -49,6 +54,7 @@ def _params() -> dict:
     catchup=False,
     params=PARAMS,
     tags=["batchsite", "faser"],
+    on_failure_callback=notify_failure,  # e-mail when the batchsite_notify connection exists
     doc_md=__doc__,
 )
 def faser_alignment():
@@ -57,7 +63,8 @@ def faser_alignment():
         """Validate every Param again (the UI form clamps and skips checks), once: later tasks
         get the validated params in the setup."""
         from batchsite.campaign.faser import FaserSetup, parse_params
-        from batchsite.hooks.site import load_site_config
+        from batchsite.campaign.restart import faser_restart_plan, restart_campaign
+        from batchsite.hooks.site import load_site_config, site_for_conn
 
         params = parse_params(_params())
         cfg = load_site_config(params.site_conn_id)
@@ -67,7 +74,6 @@ def faser_alignment():
             from batchsite.campaign.collect import existing_paths
             from batchsite.campaign.common import CampaignConfigError
             from batchsite.campaign.faser import missing_site_paths
-            from batchsite.hooks.site import site_for_conn
 
             site = site_for_conn(cfg)
             try:
@@ -77,10 +83,15 @@ def faser_alignment():
             missing = missing_site_paths(params, found)
             if missing:
                 raise CampaignConfigError("config.json: " + "; ".join(missing))
+        # restarting: before anything is prepared or submitted, iteration k-1's constants on
+        # the site, then the earlier run's iterations >= k set aside (one remote command)
+        restarted = restart_campaign(faser_restart_plan(params, cfg.remote_root), lambda: site_for_conn(cfg))
+        if restarted:
+            print(restarted)
         files = params.file_numbers
         print(f"FASER alignment Y{params.year} R{params.run} files {params.files} -> {len(files)} raw files "
               f"({files[0]}..{files[-1]}, end exclusive), up to {params.iterations} iterations, "
-              f"{params.stations}-station, "
+              f"{params.stations}-station, starting at iteration {params.begin_iteration}, "
               f"payload: {'the group chain' if params.cfg.uses_group_chain else 'reference'}")
         return FaserSetup(params=params, remote_root=cfg.remote_root, python=cfg.python,
                           scheduler=cfg.scheduler).model_dump(mode="json")
@@ -99,7 +110,7 @@ def faser_alignment():
             if params.cfg.uses_group_chain:
                 from batchsite.campaign.faser_site import prepare_tree
 
-                print(f"iteration 1 constants: {prepare_tree(site, params, known.remote_root)}")
+                print(f"iteration {params.begin_iteration} constants: {prepare_tree(site, params, known.remote_root)}")
             else:
                 from batchsite.staging import Staging, payload_dir
 
@@ -158,41 +169,22 @@ def faser_alignment():
         print(f"replan after iter{round_no:02d}: {reason}")
         return nxt, reason  # the reason goes to the campaign ledger
 
-    @task(trigger_rule="none_failed")
-    def report(setup: dict) -> dict:
+    @task(trigger_rule="none_failed", outlets=[AssetAlias(FASER_OUTPUTS_ALIAS)])
+    def report(setup: dict, *, outlet_events=None) -> dict:
         """Convergence table: every iteration's largest relative change of the constants and
         pede's chi2 (the group's chain: from their constants files and millepede.res/.log;
-        the reference payload: from its alignment.json)."""
-        from batchsite.campaign.collect import read_json
-        from batchsite.campaign.faser import FaserSetup, group_outputs, iter_dir, tree_name
-        from batchsite.campaign.faser_site import read_iteration
-        from batchsite.hooks.site import site_from_conn_id
+        the reference payload: from its alignment.json). Plots of both per iteration and
+        report.json go to <data tree>/report/ on the site; the outputs' Asset event
+        (batchsite://<conn>/<data tree>) carries the final statistics."""
+        from batchsite.campaign.faser import FaserSetup
+        from batchsite.operators.campaign_report import publish_report
+        from batchsite.report.faser import faser_report, faser_xcom
 
         known = FaserSetup.model_validate(setup)
-        params = known.params
-        site = site_from_conn_id(params.site_conn_id)
-        rows = []
-        try:
-            for it in range(1, params.iterations + 1):
-                if params.cfg.uses_group_chain:
-                    summary = read_iteration(site, group_outputs(params, known.remote_root, it))
-                    summary = summary if summary["done"] else None
-                else:
-                    summary = read_json(site, f"{iter_dir(params, known.remote_root, it)}/3millepede/alignment.json")
-                if summary is None:
-                    break
-                rows.append({"iteration": it, **summary})
-        finally:
-            site.close()
-        print(f"FASER alignment {tree_name(params)}: {len(rows)} iteration(s)")
-        for r in rows:
-            chi2 = (f"chi2 {r['chi2']:.6g} / ndf {r['ndf']:.0f} = {r['chi2_ndf']:.6g}" if r.get("chi2") is not None
-                    else f"chi2/ndf {r.get('chi2_ndf')}")
-            change = r.get("max_rel_change")
-            print(f"  iter{r['iteration']:02d}: max rel change {'n/a' if change is None else format(change, '.3e')} "
-                  f"({r.get('max_rel_change_id') or r.get('max_rel_change_label')})  {chi2}"
-                  + (f"  residual to truth {r['residual_to_truth']}" if r.get("residual_to_truth") else ""))
-        return {"iterations": rows}
+        rep = publish_report(known.params.site_conn_id,
+                             lambda site, run: faser_report(site, known.params, known.remote_root, run),
+                             FASER_OUTPUTS_ALIAS, outlet_events)
+        return faser_xcom(rep)
 
     setup = stage(validate())
     replans = round_loop(setup=setup, first=first_round(setup), prepare=prepare, collect=collect, replan=replan,

@@ -13,10 +13,13 @@ for EXP, the critical exponent nu next to the published values.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
-from batchsite.campaign.rg import MAX_ROUNDS, MAX_STEPS
+from batchsite.campaign.restart import param_schema
+from batchsite.campaign.rg import MAX_ROUNDS, MAX_STEPS, RGParams
+from batchsite.operators.notify import notify_failure
 from batchsite.operators.round_loop import round_loop
+from batchsite.report.model import RG_OUTPUTS_ALIAS
 
 PARAMS = {
     "type": Param("FP", enum=["FP", "EXP"], title="Run type",
@@ -50,6 +53,8 @@ PARAMS = {
                                'unchanged: {"repo_root": "/site/path/PX402-RGCC", "expr": "shaw", '
                                '"env_script": "/site/path/rg-env.sh", "config": {...}}; see the README, '
                                '"RG: run your own chain"'),
+    # the schema is the model's field: the form and the first task's check share the bounds
+    "start_step": Param(None, **param_schema(RGParams, "start_step"), title="Restart from RG step"),
 }
 
 
@@ -65,6 +70,7 @@ def _params() -> dict:
     catchup=False,
     params=PARAMS,
     tags=["batchsite", "rg"],
+    on_failure_callback=notify_failure,  # e-mail when the batchsite_notify connection exists
     max_active_tasks=8,
     doc_md=__doc__,
 )
@@ -73,11 +79,17 @@ def rg_campaign():
     def validate() -> dict:
         """Validate every Param again (the UI form clamps and skips checks), once: later tasks
         get the validated params in the setup; nothing remote yet."""
+        from batchsite.campaign.restart import restart_campaign, rg_restart_plan
         from batchsite.campaign.rg import RGSetup, parse_params
-        from batchsite.hooks.site import load_site_config
+        from batchsite.hooks.site import load_site_config, site_for_conn
 
         params = parse_params(_params())
         cfg = load_site_config(params.site_conn_id)
+        # restarting: before anything is staged or submitted, step k-1 complete on the site,
+        # then the earlier run's steps >= k set aside (one remote command)
+        restarted = restart_campaign(rg_restart_plan(params, cfg.remote_root), lambda: site_for_conn(cfg))
+        if restarted:
+            print(restarted)
         return RGSetup(params=params, remote_root=cfg.remote_root, python=cfg.python).model_dump(mode="json")
 
     @task
@@ -121,7 +133,7 @@ def rg_campaign():
         known = RGSetup.model_validate(setup)
         params = known.params
         fp_step = None
-        if params.type == "EXP":
+        if params.type == "EXP" and params.begin_step == params.first_step:
             # EXP starts from the last fixed-point histogram of the FP run it names
             site = site_from_conn_id(params.site_conn_id)
             try:
@@ -133,6 +145,9 @@ def rg_campaign():
                     f"fp_version={params.fp_version or params.version!r}: no FP histogram on the site to start "
                     "EXP from; run the FP campaign first or name its version in fp_version")
             print(f"EXP shifts {params.shifts} start from FP {params.fp_version or params.version} RG step {fp_step}")
+        if params.begin_step > params.first_step:
+            print(f"restart: RG steps {params.begin_step}..{params.last_step}; steps {params.first_step}.."
+                  f"{params.begin_step - 1} are read from the site, never submitted")
         return initial_partitions(params, fp_step=fp_step)
 
     def prepare(partition: dict, setup: dict) -> dict:
@@ -179,23 +194,21 @@ def rg_campaign():
         print(f"replan after round {round_no}: {reason}")
         return nxt, reason  # the reason goes to the campaign ledger
 
-    @task(trigger_rule="none_failed")
-    def report(setup: dict) -> dict:
+    @task(trigger_rule="none_failed", outlets=[AssetAlias(RG_OUTPUTS_ALIAS)])
+    def report(setup: dict, *, outlet_events=None) -> dict:
         """Per-step z mean/std/peak of every output dir from the normalised z histograms the
-        aggregation jobs wrote; for EXP the critical exponent nu, both ways, next to the
-        published values."""
-        from batchsite.campaign.collect import rg_summary
+        aggregation jobs wrote, the L1 convergence metric per step; for EXP the critical
+        exponent nu, both ways, next to the published values. Plots (z histograms per step,
+        z std and L1 per step) and report.json go to <outputs>/report/ on the site; the
+        outputs' Asset event (batchsite://<conn>/<outputs>) carries the final statistics."""
         from batchsite.campaign.rg import RGSetup
-        from batchsite.hooks.site import site_from_conn_id
+        from batchsite.operators.campaign_report import publish_report
+        from batchsite.report.rg import rg_report, rg_xcom
 
-        known = RGSetup.model_validate(setup)
-        site = site_from_conn_id(known.params.site_conn_id)
-        try:
-            text, summary = rg_summary(site, known.params)
-        finally:
-            site.close()
-        print(text)
-        return summary
+        params = RGSetup.model_validate(setup).params
+        rep = publish_report(params.site_conn_id, lambda site, run: rg_report(site, params, run), RG_OUTPUTS_ALIAS,
+                             outlet_events)
+        return rg_xcom(rep)
 
     setup = stage(validate())
     replans = round_loop(setup=setup, first=first_round(setup), prepare=prepare, collect=collect,

@@ -204,7 +204,7 @@ def test_submit_conf_has_exactly_the_dag_params():
     assert list(conf) == _dag_params_keys()
     assert conf == {"year": 2023, "run": "011705", "files": "400:450", "iterations": 5, "fourst": True,
                     "threest": False, "tolerance": 0.002, "site_conn_id": "lxplus", "config": {},
-                    "max_rescues": 1}
+                    "max_rescues": 1, "start_iteration": None}
     assert json.loads(json.dumps(conf)) == conf
 
 

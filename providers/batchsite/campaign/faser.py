@@ -305,6 +305,11 @@ class FaserParams(BaseModel):
     site_conn_id: str = "local"
     config: dict[str, Any] = Field(default_factory=dict)
     max_rescues: int = Field(default=2, ge=0, le=10)
+    #: restart from this iteration (campaign/restart.py): iteration start_iteration - 1's constants
+    #: must be on the site; nothing before it is submitted. None: a fresh campaign from iteration 1
+    start_iteration: int | None = Field(default=None, ge=1, le=MAX_ITERATIONS,
+                                        description="restart at this iteration; the previous iteration's "
+                                                    "constants must be on the site (1..iterations)")
 
     @field_validator("run", mode="before")
     @classmethod
@@ -334,6 +339,10 @@ class FaserParams(BaseModel):
     def _cross(self) -> FaserParams:
         if self.fourst and self.threest:
             raise ValueError("fourst and threest are exclusive: choose one (3-station is the default)")
+        if self.start_iteration is not None and self.start_iteration > self.iterations:
+            raise ValueError(f"start_iteration={self.start_iteration} is after the last iteration "
+                             f"(iterations={self.iterations}, which counts from iteration 1): give a start_iteration "
+                             f"in 1..{self.iterations}, or raise iterations")
         if self.cfg.uses_group_chain and self.file_numbers[-1] > MAX_GROUP_FILE:
             raise ValueError(f"files={short(self.files)}: the group's runAlignment.sh takes FILE as 5 digits "
                              f"(at most {MAX_GROUP_FILE})")
@@ -342,6 +351,11 @@ class FaserParams(BaseModel):
     @property
     def stations(self) -> int:
         return 4 if self.fourst else 3
+
+    @property
+    def begin_iteration(self) -> int:
+        """The iteration this run submits first: ``start_iteration`` when restarting, else 1."""
+        return self.start_iteration or 1
 
     @property
     def file_numbers(self) -> list[int]:
@@ -388,12 +402,17 @@ def iter_dir(params: FaserParams, remote_root: str, iteration: int) -> str:
     return f"{base_dir(params, remote_root)}/iter{iteration:02d}"
 
 
-def data_iter_dir(params: FaserParams, remote_root: str, iteration: int) -> str:
-    """Where an iteration's data lives: the work dir, or the EOS-style output dir when configured."""
+def data_tree_dir(params: FaserParams, remote_root: str) -> str:
+    """Where the iterations' data lives: the work dir's tree, or the EOS-style output dir's."""
     cfg = params.cfg
     if cfg.storage.use_eos_for_output:
-        return f"{cfg.paths.eos_output_dir}/{tree_name(params)}/iter{iteration:02d}"
-    return iter_dir(params, remote_root, iteration)
+        return f"{cfg.paths.eos_output_dir}/{tree_name(params)}"
+    return base_dir(params, remote_root)
+
+
+def data_iter_dir(params: FaserParams, remote_root: str, iteration: int) -> str:
+    """Where an iteration's data lives (under ``data_tree_dir``)."""
+    return f"{data_tree_dir(params, remote_root)}/iter{iteration:02d}"
 
 
 def reco_output_dir(params: FaserParams, remote_root: str, iteration: int) -> str:
@@ -450,10 +469,21 @@ def group_outputs(params: FaserParams, remote_root: str, iteration: int) -> Fase
 
 
 def group_tree_dirs(params: FaserParams, remote_root: str) -> list[str]:
-    """Every iteration's data dirs, made before iteration 1 as dag_manager.py does: Millepede
-    k copies its constants into iteration k+1's ``1reco/`` (NEXT_RECO_DIR must exist)."""
-    return [f"{data_iter_dir(params, remote_root, it)}/{sub}" for it in range(1, params.iterations + 1)
+    """Every iteration's data dirs, made before the first iteration this run submits, as
+    dag_manager.py does: Millepede k copies its constants into iteration k+1's ``1reco/``
+    (NEXT_RECO_DIR must exist)."""
+    return [f"{data_iter_dir(params, remote_root, it)}/{sub}"
+            for it in range(params.begin_iteration, params.iterations + 1)
             for sub in ("1reco", "2kfalignment", "3millepede")]
+
+
+def group_start_constants(params: FaserParams, remote_root: str) -> str:
+    """The constants the first iteration this run submits applies: the group's initial file,
+    or, restarting at iteration k, those iteration k-1's Millepede wrote."""
+    begin = params.begin_iteration
+    if begin == 1:
+        return params.cfg.group_paths.initial_constants
+    return group_outputs(params, remote_root, begin - 1).constants_out
 
 
 def _group_round(params: FaserParams, iteration: int, files: list[int], remote_root: str) -> FaserRoundRequest:
@@ -526,8 +556,9 @@ def round_request(params: FaserParams, iteration: int, files: list[int], *, remo
 
 
 def first_round(params: FaserParams) -> list[dict[str, Any]]:
-    """Partitions of iteration 1: one (every file in one DAG / array)."""
-    return [{"iteration": 1, "files": params.file_numbers, "history": []}]
+    """Partitions of the first iteration this run submits (1, or ``start_iteration``): one
+    (every file in one DAG / array)."""
+    return [{"iteration": params.begin_iteration, "files": params.file_numbers, "history": []}]
 
 
 #: what an iteration's result carries into the history (and the report prints)

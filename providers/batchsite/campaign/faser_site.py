@@ -8,7 +8,7 @@ from typing import Any
 
 from batchsite.backends.common import split_sections
 from batchsite.campaign.faser import (
-    FaserOutputs, FaserParams, data_iter_dir, group_iteration_result, group_tree_dirs,
+    FaserOutputs, FaserParams, data_iter_dir, group_iteration_result, group_start_constants, group_tree_dirs,
 )
 from batchsite.model import CommandResult
 from batchsite.shellscripts import load
@@ -21,10 +21,11 @@ def _run(site: Site, command: str, *args: str) -> CommandResult:
 
 
 def prepare_tree(site: Site, params: FaserParams, remote_root: str) -> str:
-    """Every iteration's dirs, and the group's initial constants as iteration 1's
-    ``1reco/inputforalign.txt``; returns what was copied where."""
-    first = f"{data_iter_dir(params, remote_root, 1)}/1reco/inputforalign.txt"
-    return _run(site, "prepare", params.cfg.group_paths.initial_constants, first,
+    """Every iteration's dirs, and the group's initial constants (restarting at iteration k:
+    iteration k-1's) as the first iteration's ``1reco/inputforalign.txt``; returns what was
+    copied where."""
+    first = f"{data_iter_dir(params, remote_root, params.begin_iteration)}/1reco/inputforalign.txt"
+    return _run(site, "prepare", group_start_constants(params, remote_root), first,
                 *group_tree_dirs(params, remote_root)).out.strip()
 
 

@@ -89,6 +89,11 @@ class RGParams(BaseModel):
     code_dir: str | None = None  # local dir of the group's own `source/` package (default: reference)
     commands: dict[str, list[str]] | None = None
     group: RGGroupChain | None = None  # the group's own Taskfarm chain, run unchanged (see rg_group)
+    #: restart from this RG step (campaign/restart.py): step start_step - 1 must be complete on
+    #: the site; nothing before start_step is submitted. None: a fresh campaign from the first step
+    start_step: int | None = Field(default=None, ge=0, le=MAX_STEPS,
+                                   description="restart at this RG step; the previous step's outputs must be on "
+                                               "the site (1..steps; the group's chain: 0..steps-1)")
 
     @field_validator("version", "fp_version", "site_conn_id")
     @classmethod
@@ -159,6 +164,12 @@ class RGParams(BaseModel):
                                  "scripts make batches of N / (SLURM_ARRAY_TASK_MAX + 1) samples")
             if self.type == "EXP" and self.group.symmetrise == 1:
                 raise ValueError("group.symmetrise=1 with type=EXP would symmetrise the shift away; use 0 (default)")
+        if self.start_step is not None and not self.first_step <= self.start_step <= self.last_step:
+            counts = "the group's chain counts from 0" if self.group is not None else "the reference payload from 1"
+            raise ValueError(f"start_step={self.start_step} is not a step of this campaign: with steps={self.steps} "
+                             f"its steps are {self.first_step}..{self.last_step} ({counts}; steps counts from the "
+                             f"first step, so a restart runs start_step..{self.last_step}); give a start_step in "
+                             f"{self.first_step}..{self.last_step}, or raise steps")
         return self
 
     @property
@@ -170,6 +181,11 @@ class RGParams(BaseModel):
     @property
     def last_step(self) -> int:
         return self.first_step + self.steps - 1
+
+    @property
+    def begin_step(self) -> int:
+        """The step this run submits first: ``start_step`` when restarting, else ``first_step``."""
+        return self.first_step if self.start_step is None else self.start_step
 
     def rg_applications(self, step: int) -> int:
         """How many times the RG unit has been applied to the shifted distribution after
@@ -294,12 +310,14 @@ def initial_partitions(params: RGParams, fp_step: int | None = None) -> list[dic
     shifts: list[tuple[int | None, float | None]] = (
         [(None, None)] if params.type == "FP" else list(enumerate(params.shifts))
     )
-    # the group's EXP run starts with the array that writes the shifted FP samples (data/Initial)
-    phase = "perturb" if params.group is not None and params.type == "EXP" else "rg"
+    # the group's EXP run starts with the array that writes the shifted FP samples (data/Initial);
+    # a restart at a later step reads step k-1's laundered output instead
+    begin = params.begin_step
+    phase = "perturb" if params.group is not None and params.type == "EXP" and begin == params.first_step else "rg"
     parts = []
     for si, s in shifts:
         parts.append({
-            "phase": phase, "step": params.first_step, "shift_index": si, "shift": s,
+            "phase": phase, "step": begin, "shift_index": si, "shift": s,
             "batches": list(range(params.batches)), "samples_per_batch": per_batch, "repair": 0,
             "input_step": fp_step if params.type == "EXP" else None, "history": [],
         })
