@@ -16,17 +16,22 @@ from batchsite.site import Site
 from batchsite.transport.base import AsyncTransport, Transport
 from batchsite.transport.local import AsyncLocalTransport, LocalTransport
 from batchsite.transport.openssh import AsyncOpenSSHTransport, OpenSSHOptions, OpenSSHTransport, control_path_for
-from batchsite.transport.ssh import AsyncSSHConnect, AsyncSSHTransport, SSHConnect, SSHTarget, SSHTransport
+from batchsite.transport.ssh import (
+    AsyncSSHConnect, AsyncSSHTransport, SSHClientKeySource, SSHConnect, SSHTarget, SSHTransport,
+)
 
 Connect = TypeVar("Connect", SSHConnect, AsyncSSHConnect)
 
 
-def transport_for(cfg: SiteConfig, *, ssh_connect: SSHConnect | None = None) -> Transport:
-    """The synchronous transport of a site (tasks, CLI). ``ssh_connect``: for ``ssh`` only."""
+def transport_for(cfg: SiteConfig, *, ssh_connect: SSHConnect | None = None,
+                  ssh_client_key: SSHClientKeySource | None = None) -> Transport:
+    """The synchronous transport of a site (tasks, CLI). ``ssh_connect`` (and ``ssh_client_key``,
+    the connector's key for the system ssh client, e.g. ``rsync -e ssh``): for ``ssh`` only."""
     if cfg.transport == "local":
         return LocalTransport(env_script=cfg.env_script)
     if cfg.transport == "ssh":
-        return SSHTransport(_required(cfg, ssh_connect), _ssh_target(cfg), env_script=cfg.env_script)
+        return SSHTransport(_required(cfg, ssh_connect), _ssh_target(cfg), env_script=cfg.env_script,
+                            client_key=ssh_client_key, connect_timeout=cfg.connect_timeout)
     return OpenSSHTransport(_openssh_opts(cfg), env_script=cfg.env_script)
 
 
@@ -47,10 +52,11 @@ def backend_for(cfg: SiteConfig) -> Backend:
     return get_backend(cfg.scheduler, **({"schedd": cfg.schedd} if cfg.schedd else {}))
 
 
-def site_from_config(cfg: SiteConfig, *, ssh_connect: SSHConnect | None = None) -> Site:
+def site_from_config(cfg: SiteConfig, *, ssh_connect: SSHConnect | None = None,
+                     ssh_client_key: SSHClientKeySource | None = None) -> Site:
     # the connection's X509 proxy is installed 0600 with every submission made through this site
-    return Site(cfg.conn_id, transport_for(cfg, ssh_connect=ssh_connect), backend_for(cfg),
-                cfg.remote_root, x509_proxy=cfg.x509_proxy)
+    return Site(cfg.conn_id, transport_for(cfg, ssh_connect=ssh_connect, ssh_client_key=ssh_client_key),
+                backend_for(cfg), cfg.remote_root, x509_proxy=cfg.x509_proxy)
 
 
 def _required(cfg: SiteConfig, connect: Connect | None) -> Connect:

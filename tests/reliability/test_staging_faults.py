@@ -141,7 +141,8 @@ def _cut_when_half_way(parent: Path, stop: threading.Event, result: dict) -> Non
     while not stop.is_set() and time.monotonic() < deadline:
         staged = [p for p in parent.glob(".batchsite-stage.*/f/*") if p.is_file()]
         if staged:
-            tars = subprocess.run(["pgrep", "-f", f"^tar -xf - -C {parent}/.batchsite-stage"],
+            # the site's receiver: tar (tar push) or the rsync server (rsync push), both into the stage
+            tars = subprocess.run(["pgrep", "-f", f"^(tar -xf - -C |rsync --server .* ){parent}/.batchsite-stage"],
                                   capture_output=True, text=True).stdout.split()
             for tar in tars:
                 os.kill(int(tar), signal.SIGSTOP)

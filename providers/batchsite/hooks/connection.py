@@ -14,7 +14,7 @@ from batchsite.config import LOCAL_CONN_ID, SiteConfig, SiteConfigError, local_s
 from batchsite.site import Site
 from batchsite.sitebuild import async_transport_for, site_from_config, transport_for
 from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError, host_key_help
-from batchsite.transport.ssh import AsyncSSHConnect, SSHConnect
+from batchsite.transport.ssh import AsyncSSHConnect, SSHClientKey, SSHClientKeySource, SSHConnect
 
 
 def load_site_config(conn_id: str) -> SiteConfig:
@@ -40,12 +40,12 @@ def site_from_conn_id(conn_id: str) -> Site:
 
 def site_for_conn(cfg: SiteConfig) -> Site:
     """``sitebuild.site_from_config`` with the connection's SSHHook as the ssh connector."""
-    return site_from_config(cfg, ssh_connect=_ssh_connect(cfg))
+    return site_from_config(cfg, ssh_connect=_ssh_connect(cfg), ssh_client_key=_ssh_client_key(cfg))
 
 
 def transport_for_conn(cfg: SiteConfig) -> Transport:
     """``sitebuild.transport_for`` with the connection's SSHHook as the ssh connector."""
-    return transport_for(cfg, ssh_connect=_ssh_connect(cfg))
+    return transport_for(cfg, ssh_connect=_ssh_connect(cfg), ssh_client_key=_ssh_client_key(cfg))
 
 
 def async_transport_for_conn(cfg: SiteConfig) -> AsyncTransport:
@@ -89,6 +89,25 @@ def _ssh_connect(cfg: SiteConfig) -> SSHConnect | None:
         return hook.get_conn()
 
     return connect
+
+
+def _ssh_client_key(cfg: SiteConfig) -> SSHClientKeySource | None:
+    """The connection's key for the system ssh client (staging's ``rsync -e ssh``), read when
+    first needed. None for a password or a passphrase-protected key: staging then uses its tar path."""
+    if cfg.transport != "ssh":
+        return None
+
+    def client_key() -> SSHClientKey | None:
+        from airflow.sdk import BaseHook
+
+        extra = BaseHook.get_connection(cfg.conn_id).extra_dejson
+        if extra.get("private_key_passphrase"):
+            return None
+        if extra.get("private_key"):
+            return SSHClientKey(private_key=extra["private_key"])
+        return SSHClientKey(key_file=extra["key_file"]) if extra.get("key_file") else None
+
+    return client_key
 
 
 def _async_ssh_connect(cfg: SiteConfig) -> AsyncSSHConnect | None:

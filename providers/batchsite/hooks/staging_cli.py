@@ -6,7 +6,8 @@ connection id (``local`` needs no Airflow connection), turned into a ``Site`` by
 ``--site-config FILE`` gives the connection as a plain JSON file instead (the shape of an
 ``AIRFLOW_CONN_*`` value: host, port, login, extra): Airflow is never imported, so a push
 starts in ~0.2 s instead of ~2 s. Its transport must be ``openssh`` or ``local`` (``ssh`` takes
-its credentials from Airflow's SSH hook).
+its credentials from Airflow's SSH hook). Pushes use rsync where both ends have it; the summary
+line says "via rsync" or "via tar (why)".
 
     python -m batchsite.hooks.staging_cli --action push --code source --scripts Taskfarm/scripts
     python -m batchsite.hooks.staging_cli --action pull --pull hist --version v1 --type FP --sys linux

@@ -5,13 +5,15 @@ No Airflow here. The package, by concern:
 * ``paths``: path guards (absolute, normalised, inside remote_root; plain relative names;
   globs -> anchored EREs) and the error classes;
 * ``manifest``: the local tree (files, sizes, sha256, the hash cache);
-* ``transfer`` + ``transfer.sh``: push / pull / put / read over ``Transport.sh`` (the tar
-  protocol; the header of ``transfer.sh`` is its site-side spec);
+* ``transfer`` + ``transfer.sh``: push (rsync, or the tar protocol) / pull / put / read over
+  ``Transport.sh`` and ``Transport.ssh_client`` (the header of ``transfer.sh`` is the site-side spec);
 * ``file_management``: ``Staging``, the group's ``file_management.py`` on a ``Site``; the RG
   layout it pulls lives with the campaign (``batchsite.campaign.rg_layout``).
 
 Needs on the site: POSIX sh, awk, tar, and GNU coreutils/findutils (``realpath -m``, ``sha256sum``,
-``xargs -d``, ``find -printf``), i.e. any Linux batch site.
+``xargs -d``, ``find -printf``), i.e. any Linux batch site. Pushes go through ``rsync`` (over ssh
+with the transport's own settings) where this machine and the site both have it, else through the
+tar protocol (``PushReport.method`` / ``fallback_reason`` say which and why).
 
 The seed-compatible command line resolves a site connection id, so it is an adapter and
 lives on the Airflow side of the wall (``batchsite.hooks.staging_cli``)::

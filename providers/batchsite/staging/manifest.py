@@ -45,14 +45,19 @@ class HashCache:
     def __init__(self, path: Path | None):
         self.path = path
         self.entries: dict[str, list] = {}
+        #: "<local dir>\0<site>:<remote dir>" -> when (ns, this machine's clock) the last rsync push
+        #: of that pair started: a file whose ctime is later but whose mtime is not was changed with
+        #: its timestamp put back since then, which rsync's quick check would miss
+        self.pushes: dict[str, int] = {}
         self.dirty = False
         if path is not None:
             try:
                 data = json.loads(path.read_text())
                 if data.get("version") == self.VERSION:
                     self.entries = data.get("entries", {})
+                    self.pushes = data.get("pushes", {})
             except (OSError, ValueError, AttributeError):
-                self.entries = {}
+                self.entries, self.pushes = {}, {}
 
     def cached(self, path: Path, st: os.stat_result) -> str | None:
         hit = self.entries.get(str(path))
@@ -74,6 +79,10 @@ class HashCache:
         self.entries[str(path)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest]
         self.dirty = True
 
+    def pushed(self, key: str, started_ns: int) -> None:
+        self.pushes[key] = started_ns
+        self.dirty = True
+
     def save(self) -> None:
         if self.path is None or not self.dirty:
             return
@@ -81,7 +90,7 @@ class HashCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".staging-hashes.", dir=self.path.parent)
             with os.fdopen(fd, "w") as f:
-                json.dump({"version": self.VERSION, "entries": self.entries}, f)
+                json.dump({"version": self.VERSION, "entries": self.entries, "pushes": self.pushes}, f)
             os.replace(tmp, self.path)
             self.dirty = False
         except OSError:

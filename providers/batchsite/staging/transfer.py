@@ -1,12 +1,24 @@
-"""Push a tree to a site, pull one back, put/read one file: the tar protocol.
+"""Push a tree to a site (over rsync, or the tar protocol), pull one back, put/read one file.
 
-Built only on ``Transport.sh`` running ``transfer.sh`` (beside this module; its header is
+Built on ``Transport.sh`` running ``transfer.sh`` (beside this module; its header is
 the site-side spec: modes, stdin/stdout formats, exit codes), user values passed as
-positional arguments, so it behaves the same over ``local``, ``ssh`` and ``openssh``.
+positional arguments, so it behaves the same over ``local``, ``ssh`` and ``openssh``; rsync
+pushes also use ``Transport.ssh_client`` (the system ssh with the transport's settings).
 
 Remote commands per operation:
 
-* ``push_tree``: 1 command lists the remote manifest (path, size, sha256; the site hashes only
+* ``push_tree`` over rsync (the default where this machine and the site both have ``rsync`` and
+  the transport has ssh client settings, ``Transport.ssh_client``): 1 command lists the site's
+  files (size, mtime; nothing hashed) and says whether the site has rsync, while the local tree is
+  walked. Files whose size or mtime differ go in ONE ``rsync`` run over ssh with exactly the
+  transport's settings (host, port, user, key, StrictHostKeyChecking and known_hosts; openssh: its
+  ControlMaster). Its ``--rsync-path`` is ``transfer.sh rsync-recv``: the site's rsync writes the
+  files into a stage dir (``--compare-dest``: the site's copy is the delta basis), then the same
+  destination checks and switch-over as the tar push run. Files changed with their old size and
+  mtime put back (ctime later than the last push of this pair, mtime not) are sent too
+  (``--ignore-times``). ``delete=True`` adds 1 command. Unchanged tree: 1 command, 0 bytes. Where
+  rsync is missing on either end the tar push below runs instead.
+* ``push_tree`` over tar: 1 command lists the remote manifest (path, size, sha256; the site hashes only
   files whose size/mtime/ctime differ from its manifest cache) while the local tree is walked; if
   something changed, 1 more command receives ONE tar stream of only the changed files on stdin,
   extracts it into a temp dir next to the target (same filesystem), checks the sha256 of every
@@ -28,6 +40,8 @@ import hashlib
 import io
 import os
 import posixpath
+import re
+import shlex
 import shutil
 import stat
 import tarfile
@@ -43,7 +57,10 @@ from batchsite.staging.manifest import MB, HashCache, LocalEntry, cache_path, fi
 from batchsite.staging.paths import (
     StagingError, StagingInputError, UnsafePathError, check_rel, check_remote_path, check_remote_root, glob_to_ere,
 )
-from batchsite.transport.base import Transport
+from batchsite.transport.base import (
+    HostKeyError, SSHClientCommand, Transport, TransportError, host_key_help, render_command_line,
+)
+from batchsite.transport.local import allowed_env, run_argv
 
 #: the site side, run as ``sh -c <text> batchsite <mode> <remote_root> ...``
 TRANSFER = load("batchsite.staging", "transfer.sh")
@@ -67,12 +84,17 @@ class PushReport:
     remote_dir: str
     files_sent: int = 0
     bytes_sent: int = 0  # payload bytes (file contents) sent
-    stream_bytes: int = 0  # bytes of the tar stream on stdin (payload + headers)
+    #: bytes of the stream sent: tar, the tar on stdin (payload + headers); rsync, its "Total bytes
+    #: sent" (deltas, literal data and protocol)
+    stream_bytes: int = 0
     files_unchanged: int = 0
     files_deleted: int = 0
-    commands: int = 0  # remote commands used
+    commands: int = 0  # remote commands used (an rsync run counts as one)
     sent: list[str] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)  # local symlinked dirs, sockets, ...
+    method: str = "tar"  # "rsync" or "tar": how the files went
+    #: why the tar push ran where rsync was asked for ("" when rsync ran or was not asked for)
+    fallback_reason: str = ""
 
     def summary(self) -> str:
         s = (f"{self.remote_dir}: {self.files_sent} file(s) sent ({_human(self.bytes_sent)}), "
@@ -81,7 +103,8 @@ class PushReport:
             s += f", {self.files_deleted} deleted"
         if self.skipped:
             s += f", {len(self.skipped)} skipped (symlinked dirs / special files)"
-        return s + f"; {self.commands} remote command(s)"
+        how = f"via {self.method}" + (f" ({self.fallback_reason})" if self.fallback_reason else "")
+        return s + f"; {how}, {_human(self.stream_bytes)} streamed; {self.commands} remote command(s)"
 
 
 @dataclasses.dataclass
@@ -158,6 +181,17 @@ def _rindex(lines: list[str], marker: str, before: int | None = None) -> int:
     raise ValueError(marker)
 
 
+def _section(lines: list[str], first: str, last: str, what: str) -> list[str]:
+    """The lines between the last ``first`` .. ``last`` markers of a reply (searched from the end:
+    an env script may print before us)."""
+    try:
+        i_last = _rindex(lines, last)
+        i_first = _rindex(lines, first, i_last)
+    except ValueError:
+        raise StagingError(f"unexpected reply while {what}: {chr(10).join(lines)[-300:]!r}") from None
+    return lines[i_first + 1:i_last]
+
+
 def _parse_manifest(out: str, where: str) -> dict[str, tuple[int, str]] | None:
     lines = out.splitlines()  # markers are searched from the end: an env script may print before us
     if lines and lines[-1] == "@@NODIR":
@@ -188,20 +222,35 @@ def push_tree(
     delete: bool = False,
     cache_file: str | os.PathLike | None | bool = True,
     timeout: float = 1800.0,
+    method: str = "auto",
 ) -> PushReport:
-    """Make remote_dir hold the files of local_dir; send only what differs (by sha256).
+    """Make remote_dir hold the files of local_dir; send only what differs.
 
     ``delete=True`` also removes remote files that are not in local_dir (never ``__pycache__``,
     ``*.pyc`` or ``.git``). ``cache_file``: True = the default hash cache, a path, or None/False = none.
+    ``method``: "auto" (rsync where both ends have it, else tar), "rsync" (error without it) or "tar".
     """
+    if method not in PUSH_METHODS:
+        raise StagingInputError(f"method={method!r}: use one of {', '.join(PUSH_METHODS)}")
     root = check_remote_root(remote_root)
     rdir = check_remote_path(remote_dir, root)
     local = Path(local_dir).resolve()
     if not local.is_dir():
         raise StagingInputError(f"local directory {local_dir} does not exist (or is not a directory)")
     parent = posixpath.dirname(rdir) if rdir != root else rdir
-    report = PushReport(remote_dir=rdir)
     cache = HashCache(cache_path(cache_file))
+    fallback_reason = ""
+    if method != "tar":
+        try:
+            pushed = _rsync_push(transport, local, rdir, root, parent, delete=delete, cache=cache, timeout=timeout)
+        finally:
+            cache.save()
+        if isinstance(pushed, PushReport):
+            return pushed
+        if method == "rsync":
+            raise StagingError(f"pushing {local_dir} to {rdir} with rsync: {pushed}")
+        fallback_reason = pushed
+    report = PushReport(remote_dir=rdir, fallback_reason=fallback_reason)
     start = transport.counters.commands_run
     try:
         # the local walk (cached sums only) runs while the site lists its side
@@ -227,13 +276,7 @@ def push_tree(
     r = transport.sh(TRANSFER, "push", root, rdir, parent, stdin=payload, timeout=timeout)
     report.commands = transport.counters.commands_run - start
     _raise_for(r, f"pushing {local_dir} to {rdir}", rdir)
-    lines = r.out.splitlines()
-    try:
-        i_done = _rindex(lines, "@@DONE")
-        i_sums = _rindex(lines, "@@SUMS", i_done)
-    except ValueError:
-        raise StagingError(f"unexpected reply while pushing to {rdir}: {r.out[-300:]!r} {r.err[-300:]!r}") from None
-    got = _parse_sums(lines[i_sums + 1:i_done])
+    got = _parse_sums(_section(r.out.splitlines(), "@@SUMS", "@@DONE", f"pushing to {rdir} (stderr: {r.err[-300:]!r})"))
     if got != sums:
         bad = sorted(k for k in set(got) | set(sums) if got.get(k) != sums.get(k))
         raise StagingError(f"checksums on the site differ from what was sent to {rdir}: {bad[:10]}")
@@ -242,6 +285,203 @@ def push_tree(
     report.sent = changed
     report.files_deleted = len(to_delete)
     return report
+
+
+# --------------------------------------------------------------------------- push over rsync
+PUSH_METHODS = ("auto", "rsync", "tar")
+#: rsync's destination argument; transfer.sh rsync-recv replaces it with its stage. A path that
+#: cannot be created, so an rsync run without the wrapper fails instead of writing anywhere
+_RSYNC_DEST_PLACEHOLDER = "/dev/null/batchsite-stage"
+#: rsync exits with these when the connection failed or broke (and ssh's own 255)
+_RSYNC_CONNECTION_CODES = (10, 12, 30, 35, 255)
+#: rsync's exit codes that need words when its own message did not reach us (it can end first)
+_RSYNC_EXIT_MEANINGS = {11: "file I/O error on the site, e.g. a full disk or quota",
+                        23: "some files could not be transferred"}
+_ITEM_RE = re.compile(rb"^([<>ch.*][fdLDS]\S{9}) (\d+) (.*)$")
+
+
+def rsync_rsh(argv: Sequence[str]) -> str:
+    """``argv`` as the one string ``rsync -e`` takes: rsync splits it on spaces and honours
+    single and double quotes (not backslashes), which is what ``shlex.quote`` emits."""
+    for a in argv:
+        if any(c in a for c in "\n\r\x00\\"):
+            raise StagingInputError(f"ssh option {a!r}: newlines, NUL and backslashes cannot pass through rsync -e")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def rsync_argv(client: SSHClientCommand, local: Path, rdir: str, rsync_path: str, *,
+               ignore_times: bool = False) -> list[str]:
+    """The local rsync of a push: the files named on stdin (NUL-separated, relative to ``local``),
+    file symlinks followed, mtimes kept, modes as the tar push (the umask applies, u+rw added),
+    only files differing from ``rdir`` by size or mtime sent (``--compare-dest``, ``rdir``'s copy
+    as the delta basis), one itemized line per file sent and the byte counts on stdout."""
+    return [
+        "rsync", "--files-from=-", "--from0", "--times", "--copy-links", "--chmod=u+rw",
+        *(["--ignore-times"] if ignore_times else []),
+        f"--compare-dest={rdir}", "--out-format=%i %l %n", "--stats", "--no-human-readable",
+        f"--rsync-path={rsync_path}", "-e", rsync_rsh(client.argv),
+        f"{local}/", f"{client.destination}:{_RSYNC_DEST_PLACEHOLDER}",
+    ]
+
+
+def _unescape_rsync_name(name: bytes) -> str:
+    """rsync writes a non-printable byte of a name as ``\\#ooo`` (octal)."""
+    return re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), name).decode("utf-8", "surrogateescape")
+
+
+def parse_rsync_output(out: bytes) -> tuple[list[tuple[str, int]], int]:
+    """(the files rsync sent with their sizes, "Total bytes sent") from ``rsync_argv``'s stdout."""
+    sent, total = [], -1
+    for line in out.splitlines():
+        m = _ITEM_RE.match(line)
+        if m and m.group(1)[:2] in (b"<f", b">f"):  # "<": sent to the remote side; ">": a local copy
+            sent.append((_unescape_rsync_name(m.group(3)), int(m.group(2))))
+        elif line.startswith(b"Total bytes sent: "):
+            total = int(line.split(b":", 1)[1].strip().replace(b",", b"").replace(b".", b""))
+    if total < 0:
+        raise StagingError(f"rsync printed no 'Total bytes sent' line: {out[-300:]!r}")
+    return sent, total
+
+
+def _forced(mine: dict[str, LocalEntry], last_push_ns: int | None) -> list[str]:
+    """Files changed since the last push of this pair with their mtime set back to before it
+    (``touch -r``, a tool restoring timestamps): a ctime after that push, an mtime not."""
+    if last_push_ns is None:
+        return []
+    return sorted(rel for rel, e in mine.items() if e.stamp[2] > last_push_ns >= e.stamp[1])
+
+
+@dataclasses.dataclass
+class SiteListing:
+    """``transfer.sh stat``'s reply."""
+
+    has_rsync: bool
+    free_bytes: int | None  # where the stage goes; None: df said nothing
+    files: dict[str, tuple[int, int]] | None  # {rel: (size, mtime_ns)}; None: DIR does not exist
+
+
+def _parse_stat(out: str, where: str) -> SiteListing:
+    lines = out.splitlines()  # markers are searched from the end: an env script may print before us
+    probe = [line for line in lines if line in ("@@RSYNC yes", "@@RSYNC no")]
+    free = [line.split(" ", 1)[1] for line in lines if line.startswith("@@FREE ")]
+    if not probe or not free:
+        raise StagingError(f"unexpected reply while listing {where} on the site: {out[:300]!r}")
+    listing = SiteListing(probe[-1] == "@@RSYNC yes", int(free[-1]) * 1024 if free[-1].isdigit() else None, None)
+    if lines[-1] == "@@NODIR":
+        return listing
+    listing.files = {}
+    for line in _section(lines, "@@STAT", "@@END", f"listing {where} on the site"):
+        size, mtime, rel = line.split(" ", 2)
+        sec, _, frac = mtime.partition(".")
+        listing.files[rel] = (int(size), int(sec) * 1_000_000_000 + int(frac[:9].ljust(9, "0")))
+    return listing
+
+
+def _rsync_push(transport: Transport, local: Path, rdir: str, root: str, parent: str, *, delete: bool,
+                cache: HashCache, timeout: float) -> PushReport | str:
+    """The push over rsync; returns why not (a str) where rsync is missing on either end.
+
+    1 command lists the site's files (size, mtime; free space; whether it has rsync) while the local
+    tree is walked; the files whose size or mtime differ (or are forced, see ``_forced``) go in ONE
+    rsync run; ``delete`` adds 1 command when there is something to remove. A pair (local dir, site
+    dir) never pushed from here (no record in the cache) skips the listing unless ``delete``: every
+    file goes to the one rsync run, which compares them itself (a first push: 1 round trip less)."""
+    if shutil.which("rsync", path=allowed_env().get("PATH")) is None:
+        return "no rsync on this machine"
+    with transport.ssh_client() as client:
+        if client is None:
+            return f"the {transport.kind} transport gives no ssh client settings"
+        started = time.time_ns()
+        report = PushReport(remote_dir=rdir, method="rsync")
+        start = transport.counters.commands_run
+        pair = f"{local}\0{client.destination}:{client.port}:{rdir}"
+        last_push = cache.pushes.get(pair)
+        if last_push is None and not delete:
+            mine = local_manifest(local, cache, skipped=report.skipped, need_sha=lambda rel, size: False)
+            candidates, to_delete, forced = sorted(mine), [], []
+        else:
+            with ThreadPoolExecutor(1) as pool:
+                walk = pool.submit(local_manifest, local, cache, skipped=report.skipped,
+                                   need_sha=lambda rel, size: False)
+                r = transport.sh(TRANSFER, "stat", root, rdir, parent, timeout=timeout)
+                mine = walk.result()
+            _raise_for(r, f"listing {rdir} on the site", rdir)
+            listing = _parse_stat(r.out, rdir)
+            if not listing.has_rsync:
+                return "no rsync on the site's PATH"
+            theirs = listing.files or {}
+            forced = _forced(mine, last_push)
+            candidates = sorted({rel for rel, e in mine.items() if theirs.get(rel) != (e.size, e.stamp[1])}
+                                | set(forced))
+            to_delete = sorted(set(theirs) - set(mine)) if delete else []
+            needed = sum(mine[rel].size for rel in candidates)
+            if listing.free_bytes is not None and needed > listing.free_bytes:
+                # the stage holds a whole copy of every file sent: it cannot fit, so send nothing
+                raise RemoteDiskFullError(
+                    f"remote disk full or quota exceeded at {rdir}: the push needs {_human(needed)} in a stage "
+                    f"dir there and the site's filesystem has {_human(listing.free_bytes)} free; nothing was sent "
+                    "(files keep their previous content). Free space or raise the quota, then run it again.")
+        if candidates:
+            rsync_path = render_command_line(["sh", "-c", TRANSFER, "batchsite", "rsync-recv", root, rdir, parent],
+                                             env_script=transport.env_script, env_output_to_stderr=True)
+            # a forced file passes rsync's quick check: --ignore-times sends it (as deltas against the
+            # site's copy); the other candidates differ anyway
+            argv = rsync_argv(client, local, rdir, rsync_path, ignore_times=bool(forced))
+            rc, out, err = run_argv(argv, "".join(f"{rel}\0" for rel in candidates).encode(), timeout,
+                                    client.pass_env)
+            report.commands += 1
+            if rc != 0:
+                if b"@@NORSYNC" in err:
+                    return "no rsync on the site's PATH"
+                _unstage(transport, root, err)
+                _raise_for_rsync(client, rc, out, err, rdir)
+            if b"@@INSTALLED " not in err:
+                raise StagingError(f"rsync to {rdir} ended without batchsite's switch-over on the site: {err[-300:]!r}")
+            sent, report.stream_bytes = parse_rsync_output(out)
+            report.sent = sorted(rel for rel, _ in sent)
+            report.files_sent = len(sent)
+            report.bytes_sent = sum(size for _, size in sent)
+    report.files_unchanged = len(mine) - report.files_sent
+    if to_delete:
+        for rel in to_delete:
+            check_rel(rel, "remote file")
+        r = transport.sh(TRANSFER, "delete", root, rdir, stdin="".join(f"{rel}\n" for rel in to_delete).encode(),
+                         timeout=timeout)
+        _raise_for(r, f"removing files of {rdir} that are not in {local}", rdir)
+        report.files_deleted = len(_section(r.out.splitlines(), "@@DELETED", "@@END", f"deleting under {rdir}"))
+    report.commands += transport.counters.commands_run - start
+    cache.pushed(pair, started)
+    return report
+
+
+def _unstage(transport: Transport, root: str, err: bytes) -> None:
+    """Remove the stage dir of a failed rsync run now (the rsync client can end before the site's
+    script has removed it; a full disk wants the space back). Best effort: a cut connection
+    leaves it to the site's script, or to the next push after 12 h."""
+    stage = re.search(rb"^@@STAGE (/.+)$", err, re.M)
+    if stage is None:
+        return
+    try:
+        transport.sh(TRANSFER, "unstage", root, stage.group(1).decode("utf-8", "surrogateescape"), timeout=60)
+    except TransportError:
+        pass
+
+
+def _raise_for_rsync(client: SSHClientCommand, rc: int, out: bytes, err: bytes, rdir: str) -> None:
+    """An rsync push failed: refused path, full disk, broken connection or host key, else the site's words."""
+    text = err.decode("utf-8", "replace")
+    if "batchsite: refused" in text:
+        _raise_for(CommandResult(argv=["rsync"], returncode=_RC_UNSAFE, stdout=out, stderr=err), "", rdir)
+    if "batchsite: " in text or "@@ENOSPC" in text or "No space left on device" in text or "Disk quota" in text:
+        _raise_for(CommandResult(argv=["rsync"], returncode=rc, stdout=out, stderr=err), f"pushing to {rdir}", rdir)
+    if "Host key verification failed" in text or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+        raise HostKeyError(host_key_help(client.host, client.port, client.known_hosts))
+    tail = " | ".join(text.strip().splitlines()[-4:])
+    if rc in _RSYNC_CONNECTION_CODES:
+        raise TransportError(f"rsync over ssh to {client.destination}:{client.port} failed (exit {rc}): {tail}")
+    meaning = _RSYNC_EXIT_MEANINGS.get(rc, "")
+    raise StagingError(f"rsync to {rdir} failed (exit {rc}{': ' + meaning if meaning else ''}): {tail}; nothing of "
+                       "this push was renamed into place")
 
 
 def _push_payload(mine: dict[str, LocalEntry], changed: list[str], to_delete: list[str],

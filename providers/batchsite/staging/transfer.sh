@@ -23,6 +23,25 @@
 # ctime, so it is hashed again (rsync's quick check, size + mtime, would skip it). Entries with
 # an mtime under 2 s old are not cached. Written to a temp name, then renamed; any failure to
 # write it is ignored (it is an optimisation only).
+#   transfer.sh stat ROOT DIR PARENT
+#       stdout: "@@RSYNC yes" or "@@RSYNC no" (is rsync on the site's PATH), "@@FREE <kB>" (free
+#       space where PARENT's stage would go, `df -Pk`), then @@NODIR, or @@STAT / "<size> <mtime>
+#       <rel>" lines (find -printf '%s %T@ %P') / @@END. Nothing is hashed.
+#   transfer.sh rsync-recv ROOT DIR PARENT RSYNC-SERVER-ARGS...
+#       The rsync server of a push (`rsync --rsync-path=<this>`, its args appended by rsync):
+#       stdin/stdout are rsync's protocol, so this mode never reads stdin nor writes stdout.
+#       Checks DIR, needs `rsync` on PATH (else "@@NORSYNC" on stderr, exit 79), makes the
+#       stage PARENT/.batchsite-stage.XXXXXX, runs `rsync ARGS` with the stage's f/ as the
+#       destination (the client passes --compare-dest=DIR: only changed files land in the
+#       stage, with DIR's copy as the delta basis), checks every destination like push, and
+#       renames the files into DIR like push (with python3: all of it in one process).
+#       stderr: "@@STAGE <stage dir>" before rsync starts, "@@INSTALLED <n>" at the end.
+#   transfer.sh unstage ROOT STAGE
+#       Removes a stage dir of rsync-recv (its rsync failed and the client may have ended
+#       before the script removed it).
+#   transfer.sh delete ROOT DIR
+#       stdin: the files to remove (relative to DIR, one a line), each checked to resolve
+#       inside REMOTE_ROOT first. stdout: @@DELETED, the files removed, @@END
 #   transfer.sh pull ROOT DIR [ERE...]
 #       stdin: the local manifest (sha256sum format). stdout: "\n@@BATCHSITE-PULL <n>\n",
 #       n bytes of manifest ("= sha rel" unchanged / "S sha rel" sent), then ONE tar of the
@@ -34,8 +53,9 @@
 # stderr); 71 cannot enter a directory; 72 local write on the site failed; 73 checksum
 # mismatch after transfer (nothing replaced); 74 I/O error ("@@ENOSPC <where>" on stderr
 # when the disk or quota is full); 77 a path resolves outside REMOTE_ROOT; 78 the site lacks
-# realpath or REMOTE_ROOT cannot be resolved; 64 usage. On every failure stdin is drained,
-# so the sender never blocks on a full pipe.
+# realpath or REMOTE_ROOT cannot be resolved; 79 no rsync on the site (rsync-recv); 64 usage.
+# On every failure stdin is drained (not in rsync-recv, where it is rsync's), so the sender
+# never blocks on a full pipe.
 #
 # Needs POSIX sh, awk, tar and GNU coreutils/findutils (realpath -m, sha256sum, xargs -d,
 # find -printf, mv -t -T). No `set -e`: failures are checked where they happen.
@@ -44,9 +64,12 @@ trap '' HUP PIPE
 
 canon() { realpath -m -- "$1"; }
 inside() { case "$1" in "$2"|"${2%/}"/*) return 0;; esac; return 1; }
-refuse() { cat >/dev/null; echo "batchsite: refused: $1 resolves to $2 on the site, outside remote_root $root ($root_r); a symlink on the site points outside remote_root" >&2; exit 77; }
+# rsync-recv sets it: stdin is rsync's protocol, never read
+stdin_is_rsync=
+drain() { [ -n "$stdin_is_rsync" ] || cat >/dev/null; }
+refuse() { drain; echo "batchsite: refused: $1 resolves to $2 on the site, outside remote_root $root ($root_r); a symlink on the site points outside remote_root" >&2; exit 77; }
 fail_io() {
-  cat >/dev/null
+  drain
   case "$2" in
     *"No space left"*|*"uota"*|*ENOSPC*|*EDQUOT*) echo "@@ENOSPC $1" >&2 ;;
   esac
@@ -123,6 +146,25 @@ do_manifest() {  # DIR [PARENT]
   save_cache "$work/cache"
 }
 
+# check_destinations LIST: every path of the file LIST (relative to DIR, one a line) resolves,
+# symlinks on the site followed, inside remote_root; else refused (exit 77)
+check_destinations() {
+  n=$(wc -l < "$1" | tr -d ' ')
+  bad=$(cd "$dir_r" && xargs -d '\n' realpath -m -- < "$1" | R="${root_r%/}/" N="$n" awk '
+    index($0, ENVIRON["R"]) != 1 { print; bad = 1; exit }
+    END { if (!bad && NR != ENVIRON["N"] + 0) print "(realpath could not resolve every destination)" }')
+  [ -z "$bad" ] || refuse "a destination under $dir" "$bad"
+}
+
+# new_stage: mkdir DIR and PARENT, remove stage dirs left over for 12 h, make $stage (removed on exit)
+new_stage() {
+  err=$(mkdir -p -- "$dir_r" "$parent_r" 2>&1) || fail_io "$dir" "$err"
+  find "$parent_r" -maxdepth 1 -name '.batchsite-stage.*' -mmin +720 -exec rm -rf {} + 2>/dev/null
+  stage=$(mktemp -d "$parent_r/.batchsite-stage.XXXXXX" 2>&1) || fail_io "$dir" "$stage"
+  trap 'rm -rf "$stage"' EXIT
+  trap 'exit 130' INT TERM
+}
+
 # switch_over: rename the verified files of the stage ($stage/f) into DIR. Before the first
 # rename, no destination file is a directory and no destination directory is a file. A
 # directory missing on the site is renamed whole (an empty DIR: the whole stage, one rename);
@@ -173,20 +215,10 @@ do_push() {  # DIR PARENT
   dir=$1
   dir_r=$(canon "$dir"); inside "$dir_r" "$root_r" || refuse "$dir" "$dir_r"
   resolve_parent "$2"
-  err=$(mkdir -p -- "$dir_r" "$parent_r" 2>&1) || fail_io "$dir" "$err"
-  find "$parent_r" -maxdepth 1 -name '.batchsite-stage.*' -mmin +720 -exec rm -rf {} + 2>/dev/null
-  stage=$(mktemp -d "$parent_r/.batchsite-stage.XXXXXX" 2>&1) || fail_io "$dir" "$stage"
-  trap 'rm -rf "$stage"' EXIT
-  trap 'exit 130' INT TERM
+  new_stage
   err=$(tar -xf - -C "$stage" --no-same-owner 2>&1 >/dev/null) || fail_io "$dir" "$err"
   cd "$stage" || exit 71
-  if [ -s ctl/check ]; then
-    n=$(wc -l < ctl/check | tr -d ' ')
-    bad=$(cd "$dir_r" && xargs -d '\n' realpath -m -- < "$stage/ctl/check" | R="${root_r%/}/" N="$n" awk '
-      index($0, ENVIRON["R"]) != 1 { print; bad = 1; exit }
-      END { if (!bad && NR != ENVIRON["N"] + 0) print "(realpath could not resolve every destination)" }')
-    [ -z "$bad" ] || refuse "a destination under $dir" "$bad"
-  fi
+  [ ! -s ctl/check ] || check_destinations "$stage/ctl/check"
   got=
   if [ -s ctl/list ]; then
     got=$(cd f && xargs -d '\n' sha256sum -- < ../ctl/list 2>&1) || fail_io "$dir" "$got"
@@ -203,6 +235,117 @@ do_push() {  # DIR PARENT
     merge_manifest "$cache_in" stat ctl/sums "$stage" 2>/dev/null && save_cache cache
   echo "@@SUMS"; [ -z "$got" ] || printf '%s\n' "$got"
   echo "@@DONE"
+}
+
+do_rsync_recv() {  # DIR PARENT RSYNC-SERVER-ARGS...
+  dir=$1
+  dir_r=$(canon "$dir"); inside "$dir_r" "$root_r" || refuse "$dir" "$dir_r"
+  resolve_parent "$2"; shift 2
+  command -v rsync >/dev/null 2>&1 || { echo "@@NORSYNC: no rsync on the site's PATH" >&2; exit 79; }
+  [ $# -ge 2 ] || { echo "transfer.sh rsync-recv: no rsync server arguments" >&2; exit 64; }
+  new_stage
+  mkdir -- "$stage/f" "$stage/ctl" || exit 72
+  # the client removes it (unstage) if rsync fails: the rsync client can end before this script
+  echo "@@STAGE $stage" >&2
+  # the last argument (the destination the client named) becomes the stage
+  n=$#; i=0
+  for arg; do
+    i=$((i + 1))
+    if [ "$i" -lt "$n" ]; then set -- "$@" "$arg"; else set -- "$@" "$stage/f"; fi
+  done
+  shift "$n"
+  rsync "$@" || exit $?
+  cd "$stage" || exit 71
+  if command -v python3 >/dev/null 2>&1; then
+    install_with_python
+  else
+    (cd f && find . -type f -printf '%P\n') > ctl/list || exit 72
+    if [ -s ctl/list ]; then
+      check_destinations "$stage/ctl/list"
+      switch_over
+    fi
+    echo "@@INSTALLED $(wc -l < ctl/list | tr -d ' ')" >&2
+  fi
+}
+
+# install_with_python: what check_destinations + switch_over do for the stage's f/, in ONE
+# process (each process costs 10-20 ms on a busy login node): every destination resolves inside
+# remote_root, nothing is in the way, then the files are renamed (an empty DIR: the whole stage).
+install_with_python() {
+  out=$(python3 -I -S -c '
+import os, sys
+root, dest = sys.argv[1], sys.argv[2]
+files, dirs = [], []
+for here, subdirs, names in os.walk("f"):
+    rel = os.path.relpath(here, "f")
+    dirs += [os.path.normpath(os.path.join(rel, d)) for d in subdirs]
+    files += [os.path.normpath(os.path.join(rel, n)) for n in names]
+for rel in files:
+    real = os.path.realpath(os.path.join(dest, rel))
+    if not real.startswith(root.rstrip("/") + "/"):
+        print(real)
+        sys.exit(77)
+in_the_way = [rel for rel in files if os.path.isdir(os.path.join(dest, rel))] + [
+    rel for rel in dirs if os.path.lexists(os.path.join(dest, rel)) and not os.path.isdir(os.path.join(dest, rel))]
+if in_the_way:
+    print(in_the_way[0])
+    sys.exit(75)
+if files and dest != root and not os.listdir(dest):
+    os.rmdir(dest)
+    os.rename("f", dest)
+else:
+    for rel in files:
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+        os.replace(os.path.join("f", rel), os.path.join(dest, rel))
+print(len(files))
+' "$root_r" "$dir_r" 2>&1)
+  case $? in
+    0) echo "@@INSTALLED $out" >&2 ;;
+    77) refuse "a destination under $dir" "$out" ;;
+    75) echo "batchsite: $dir_r/$out on the site is in the way of the push (a directory where a file goes, or a file where a directory goes); nothing was replaced: remove or rename it on the site" >&2
+        exit 72 ;;
+    *) fail_io "$dir_r" "rename failed (files renamed before it are already in place): $out" ;;
+  esac
+}
+
+do_unstage() {  # STAGE
+  stage_r=$(canon "$1"); inside "$stage_r" "$root_r" || refuse "$1" "$stage_r"
+  case ${stage_r##*/} in
+    .batchsite-stage.*) rm -rf -- "$stage_r" ;;
+    *) echo "batchsite: $1 is not a stage dir of a push" >&2; exit 64 ;;
+  esac
+}
+
+do_stat() {  # DIR PARENT
+  dir=$1
+  dir_r=$(canon "$dir"); inside "$dir_r" "$root_r" || refuse "$dir" "$dir_r"
+  resolve_parent "$2"
+  if command -v rsync >/dev/null 2>&1; then echo "@@RSYNC yes"; else echo "@@RSYNC no"; fi
+  on=$parent_r; while [ -n "$on" ] && [ ! -d "$on" ]; do on=${on%/*}; done
+  echo "@@FREE $(df -Pk -- "${on:-/}" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+  [ -d "$dir_r" ] || { echo "@@NODIR"; exit 0; }
+  cd "$dir_r" || exit 71
+  echo "@@STAT"
+  staged_files -printf '%s %T@ %P\n' || exit 72
+  echo "@@END"
+}
+
+do_delete() {  # DIR; stdin: the files to remove
+  dir=$1
+  dir_r=$(canon "$dir"); inside "$dir_r" "$root_r" || refuse "$dir" "$dir_r"
+  work=$(mktemp -d "${TMPDIR:-/tmp}/batchsite-delete.XXXXXX") || { cat >/dev/null; echo "batchsite: mktemp failed in ${TMPDIR:-/tmp}" >&2; exit 72; }
+  trap 'rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+  cat > "$work/delete" || exit 72
+  : > "$work/removed"
+  if [ -d "$dir_r" ] && [ -s "$work/delete" ]; then
+    cd "$dir_r" || exit 71
+    check_destinations "$work/delete"
+    # shellcheck disable=SC2016  # $f is expanded by the inner sh
+    xargs -d '\n' -r sh -c 'for f; do [ ! -f "$f" ] || { rm -f -- "$f" && printf "%s\n" "$f"; }; done' sh \
+      < "$work/delete" > "$work/removed" || exit 72
+  fi
+  echo "@@DELETED"; cat "$work/removed"; echo "@@END"
 }
 
 do_pull() {  # DIR [ERE...]
@@ -263,15 +406,20 @@ do_read() {  # PATH
   cat -- "$path_r"
 }
 
-[ $# -ge 3 ] || { cat >/dev/null; echo "usage: transfer.sh manifest|push|pull|put|read REMOTE_ROOT PATH ..." >&2; exit 64; }
+[ "${1:-}" != rsync-recv ] || stdin_is_rsync=1
+[ $# -ge 3 ] || { drain; echo "usage: transfer.sh manifest|push|rsync-recv|delete|pull|put|read REMOTE_ROOT PATH ..." >&2; exit 64; }
 mode=$1; root=$2; shift 2
-command -v realpath >/dev/null 2>&1 || { cat >/dev/null; echo "batchsite: the site has no 'realpath' (GNU coreutils >= 8.15 needed for staging)" >&2; exit 78; }
+command -v realpath >/dev/null 2>&1 || { drain; echo "batchsite: the site has no 'realpath' (GNU coreutils >= 8.15 needed for staging)" >&2; exit 78; }
 if ! root_r=$(canon "$root") || [ -z "$root_r" ]; then
-  cat >/dev/null; echo "batchsite: cannot resolve remote_root $root" >&2; exit 78
+  drain; echo "batchsite: cannot resolve remote_root $root" >&2; exit 78
 fi
 case $mode in
   manifest) do_manifest "$@" ;;
   push) do_push "$@" ;;
+  rsync-recv) do_rsync_recv "$@" ;;
+  stat) do_stat "$@" ;;
+  unstage) do_unstage "$@" ;;
+  delete) do_delete "$@" ;;
   pull) do_pull "$@" ;;
   put) do_put "$@" ;;
   read) do_read "$@" ;;

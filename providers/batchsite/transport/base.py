@@ -11,6 +11,8 @@ concatenates user values into a shell string.
 from __future__ import annotations
 
 import abc
+import contextlib
+import dataclasses
 import shlex
 import time
 from collections.abc import Sequence
@@ -49,22 +51,37 @@ class RemoteCommandError(Exception):
 
 
 def render_command_line(
-    argv: Sequence[str], *, env_script: str | None = None, cwd: str | None = None
+    argv: Sequence[str], *, env_script: str | None = None, cwd: str | None = None, env_output_to_stderr: bool = False
 ) -> str:
     """The one shell line a transport hands to the remote shell.
 
     ``env_script`` is sourced first (site modules, Kerberos renewal, CONDOR_CONFIG), so
     every command of a task sees the same environment as the jobs themselves.
+    ``env_output_to_stderr``: what the env script prints goes to stderr (a command whose stdout
+    is a protocol, e.g. an rsync server, must not see it).
     """
     if not argv:
         raise ValueError("argv must not be empty")
     steps = []
     if env_script:
-        steps.append(f". {shlex.quote(env_script)}")
+        steps.append(f". {shlex.quote(env_script)}" + (" >&2" if env_output_to_stderr else ""))
     if cwd:
         steps.append(f"cd {shlex.quote(cwd)}")
     steps.append(shlex.join(argv))
     return " && ".join(steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class SSHClientCommand:
+    """The system ``ssh`` client with exactly a transport's connection settings (host, port,
+    user, key, host-key checking and known_hosts): what ``rsync -e`` runs to reach the site."""
+
+    argv: tuple[str, ...]  # ssh and its options, without the destination
+    destination: str  # user@host
+    host: str
+    port: int
+    known_hosts: str | None  # what a HostKeyError names
+    pass_env: tuple[str, ...] = ()  # variables of this process the client needs (agent, Kerberos)
 
 
 class _Counters:
@@ -109,6 +126,12 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def _exec(self, line: str, stdin: bytes | None, timeout: float | None) -> tuple[int, bytes, bytes]:
         """Run one shell line; return (exit code, stdout, stderr). Raise TransportError if unreachable."""
+
+    def ssh_client(self) -> contextlib.AbstractContextManager[SSHClientCommand | None]:
+        """The system ssh client reaching the site with this transport's settings, valid inside
+        the ``with`` block (files it needs are removed after); None where there is none (``local``,
+        or credentials the ssh client cannot use)."""
+        return contextlib.nullcontext(None)
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

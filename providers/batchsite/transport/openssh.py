@@ -10,10 +10,13 @@ prompts). With key-based sites ``ControlMaster=auto`` opens the master itself on
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
-from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError, host_key_help
+from batchsite.transport.base import (
+    AsyncTransport, HostKeyError, SSHClientCommand, Transport, TransportError, host_key_help,
+)
 from batchsite.transport.local import SSH_CLIENT_ENV, run_argv, run_argv_async
 
 
@@ -38,7 +41,15 @@ class OpenSSHOptions:
         self.no_host_key_check = no_host_key_check
         self.connect_timeout = connect_timeout
 
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}"
+
     def argv(self, line: str) -> list[str]:
+        return [*self.client_argv(), self.destination, "--", line]
+
+    def client_argv(self) -> list[str]:
+        """ssh and every option of this connection, without the destination."""
         a = [
             "ssh", "-p", str(self.port),
             "-o", "BatchMode=yes",
@@ -53,7 +64,7 @@ class OpenSSHOptions:
             a += ["-o", f"UserKnownHostsFile={os.path.expanduser(self.known_hosts)}"]
         if self.key_file:
             a += ["-i", os.path.expanduser(self.key_file), "-o", "IdentitiesOnly=yes"]
-        return [*a, f"{self.user}@{self.host}", "--", line]
+        return a
 
 
 def classify_ssh_failure(opts: OpenSSHOptions, rc: int, err: bytes) -> None:
@@ -92,12 +103,24 @@ class OpenSSHTransport(Transport):
         self.opts = opts
 
     def _exec(self, line, stdin, timeout):
-        if not os.path.exists(self.opts.control_path):
-            ensure_control_dir(self.opts.control_path)
-            self.counters.connections_opened += 1
+        self._prepare_control_path()
         rc, out, err = run_argv(self.opts.argv(line), stdin, timeout, SSH_CLIENT_ENV)
         classify_ssh_failure(self.opts, rc, err)
         return rc, out, err
+
+    def _prepare_control_path(self) -> None:
+        """A missing ControlMaster socket: its dir made 0700, and a connection counted (ssh opens one)."""
+        if not os.path.exists(self.opts.control_path):
+            ensure_control_dir(self.opts.control_path)
+            self.counters.connections_opened += 1
+
+    def ssh_client(self) -> contextlib.AbstractContextManager[SSHClientCommand | None]:
+        """The same ssh options, so ``rsync -e`` goes through the same ControlMaster."""
+        self._prepare_control_path()
+        o = self.opts
+        return contextlib.nullcontext(SSHClientCommand(
+            argv=tuple(o.client_argv()), destination=o.destination, host=o.host, port=o.port,
+            known_hosts=o.known_hosts, pass_env=SSH_CLIENT_ENV))
 
     def close(self) -> None:
         # the master stays up (ControlPersist): it belongs to the person who opened it

@@ -8,6 +8,10 @@ provider's ``SSHHook`` / ``SSHHookAsync`` (``batchsite.hooks.connection``); the 
 imports Airflow. The connector is called again only when the connection is dead, so there
 is one connection per transport object, reused for every command of a task.
 
+For the system ssh client (staging's ``rsync -e ssh``), ``ssh_client()`` uses the connector's key
+as an optional ``client_key`` source gives it (the adapter reads it from the connection) and pins
+the host key the live connection was given, in a temp dir removed after use.
+
 Host keys are the connector's to check (the adapter's always are, unless the connection
 says ``no_host_key_check: true``); a rejected key becomes a ``HostKeyError`` naming the
 ``ssh-keyscan`` command that fixes it. A command killed by a signal is never exit 0.
@@ -15,14 +19,19 @@ says ``no_host_key_check: true``); a rejected key becomes a ``HostKeyError`` nam
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from batchsite.transport.base import AsyncTransport, HostKeyError, Transport, TransportError, host_key_help
+from batchsite.transport.base import (
+    AsyncTransport, HostKeyError, SSHClientCommand, Transport, TransportError, host_key_help,
+)
 
 if TYPE_CHECKING:
     import asyncssh
@@ -54,6 +63,25 @@ class SSHTarget:
         return HostKeyError(host_key_help(self.host, self.port, self.known_hosts))
 
 
+@dataclass(frozen=True)
+class SSHClientKey:
+    """The key a connector authenticates with, in a form the system ssh client can use: the
+    unencrypted key text (written 0600 to a temp dir while it is needed) or a key file."""
+
+    private_key: str | None = None
+    key_file: str | None = None
+
+
+#: returns the connector's key for the system ssh client, or None (password, encrypted key)
+SSHClientKeySource = Callable[[], "SSHClientKey | None"]
+
+
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+
+
 def _exit_code(rc: int | None) -> int:
     # None / negative: the remote process ended without an exit status (killed by a signal)
     return 255 if rc is None or rc < 0 else rc
@@ -62,11 +90,41 @@ def _exit_code(rc: int | None) -> int:
 class SSHTransport(Transport):
     kind = "ssh"
 
-    def __init__(self, connect: SSHConnect, target: SSHTarget, *, env_script: str | None = None):
+    def __init__(self, connect: SSHConnect, target: SSHTarget, *, env_script: str | None = None,
+                 client_key: SSHClientKeySource | None = None, connect_timeout: float = 20.0):
         super().__init__(env_script)
         self._open_client = connect
         self.target = target
+        self._client_key = client_key
+        self.connect_timeout = connect_timeout
         self._client: paramiko.SSHClient | None = None
+
+    @contextlib.contextmanager
+    def ssh_client(self) -> Iterator[SSHClientCommand | None]:
+        """The system ssh client on the same settings: the connector's key and, as the only
+        known host key, the key this transport's live connection was given (the connector checked
+        it), with StrictHostKeyChecking=yes. Key and known_hosts live in a 0700 temp dir (files
+        0600) removed when the block ends."""
+        key = self._client_key() if self._client_key is not None else None
+        if key is None or not (key.private_key or key.key_file):
+            yield None
+            return
+        live = self._connect().get_transport()
+        host_key, user, port = live.get_remote_server_key(), live.get_username(), self.target.port
+        with tempfile.TemporaryDirectory(prefix="batchsite-ssh.") as d:
+            known_hosts = os.path.join(d, "known_hosts")
+            name = self.target.host if port == 22 else f"[{self.target.host}]:{port}"
+            _write_private(known_hosts, f"{name} {host_key.get_name()} {host_key.get_base64()}\n")
+            key_file = key.key_file
+            if key.private_key:
+                key_file = os.path.join(d, "id")
+                _write_private(key_file, key.private_key)
+            argv = ("ssh", "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                    "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+                    "-o", "ControlPath=none", "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
+                    "-o", "ServerAliveInterval=30", "-i", os.path.expanduser(key_file), "-o", "IdentitiesOnly=yes")
+            yield SSHClientCommand(argv=argv, destination=f"{user}@{self.target.host}", host=self.target.host,
+                                   port=port, known_hosts=self.target.known_hosts)
 
     def _connect(self) -> paramiko.SSHClient:
         import paramiko
