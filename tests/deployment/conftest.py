@@ -37,7 +37,7 @@ from .client import AirflowClient
 
 ADMIN = "admin"
 #: the DAGs every deployment test needs parsed before it starts
-REQUIRED_DAGS = ("rg_campaign",)
+REQUIRED_DAGS = ("rg_campaign", "batchsite_headline")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 START_TIMEOUT = float(os.environ.get("BATCHSITE_DEPLOYMENT_START_TIMEOUT", "180"))
 STOP_TIMEOUT = 20.0

@@ -50,7 +50,9 @@ def _read_commands(log: Path) -> list[SiteCommand]:
     out = []
     for line in log.read_text().splitlines():
         at, client, b64 = line.split("|", 2)
-        out.append(SiteCommand(float(at), int(client.split()[1]), base64.b64decode(b64).decode(errors="replace")))
+        # "none": a job sourcing the env script (HTCondor's jobs have no SSH_CLIENT); port 0
+        port = int(client.split()[1]) if client != "none" else 0
+        out.append(SiteCommand(float(at), port, base64.b64decode(b64).decode(errors="replace")))
     return out
 
 
@@ -64,9 +66,10 @@ def _names_all(command: SiteCommand, jobs: list[str]) -> bool:
     return all(re.search(rf"\b{j}\b", command.text) for j in jobs)
 
 
-def _accepted(port: int) -> int:
-    """sshd's log lines accepting a connection from client ``port``."""
-    text = (STATE / "log" / "sshd.log").read_text(errors="replace")
+def _accepted(port: int, since: int = 0) -> int:
+    """sshd's log lines accepting a connection from client ``port`` (from byte ``since`` of
+    the log on: a client port is reused by other connections over a day of tests)."""
+    text = (STATE / "log" / "sshd.log").read_bytes()[since:].decode(errors="replace")
     return len(re.findall(rf"Accepted publickey for \S+ from 127\.0\.0\.1 port {port} ", text))
 
 
