@@ -61,6 +61,9 @@ class SiteConfig(BaseModel):
     outage_grace: float = Field(default=900.0, ge=0, le=7 * 86400)
     vanish_grace: float = Field(default=120.0, ge=0, le=86400)
     max_backoff: float = Field(default=60.0, ge=1, le=3600)
+    # a triggerer keeps a site's connection this long after its last watched round ends: a
+    # campaign's next round (deferred again after its collect and replan tasks) reuses it
+    idle_linger: float = Field(default=60.0, ge=0, le=3600)
     # a status command that hangs (dropped traffic) is abandoned after this and the
     # connection reopened; condor_q on a busy lxplus schedd can take tens of seconds
     status_timeout: float = Field(default=120.0, ge=5, le=3600)

@@ -8,6 +8,9 @@ the watchers. The outage is counted from the last successful contact, and a stat
 that has not answered by the end of the grace counts as down (a hung command is not waited
 for until ``status_timeout``). A unit that left the queue without any witness of its outcome stays VANISHED
 for ``vanish_grace`` seconds (time for sacct / exit files to catch up), then becomes FAILED.
+When nothing is watched any more the poller keeps its connection for ``idle_linger`` seconds:
+a campaign's next round is deferred again after its collect and replan tasks, and reuses it
+(one SSH connection per site per triggerer, not one per stretch of watching).
 
 No Airflow import: the benchmark and unit tests drive this directly.
 """
@@ -77,6 +80,7 @@ class SitePoller:
         vanish_grace: float = 120.0,
         max_backoff: float = 60.0,
         status_timeout: float = 120.0,
+        idle_linger: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.name = name
@@ -87,18 +91,22 @@ class SitePoller:
         self.vanish_grace = vanish_grace
         self.max_backoff = max_backoff
         self.status_timeout = status_timeout
+        self.idle_linger = idle_linger
         self.clock = clock
         self._watches: dict[str, _Watch] = {}
         self._task: asyncio.Task | None = None
         self._first_seen: dict[tuple[str, str], float] = {}
         self._probed = False
         self.cycles = 0  # status commands sent (what the benchmark counts)
-        self.on_idle: Callable[[SitePoller], None] | None = None
+        # called when the loop ends; True: the poller was let go, close its transport
+        self.on_idle: Callable[[SitePoller], bool] | None = None
+        self._new_watch = asyncio.Event()
 
     # ------------------------------------------------------------------ public
     async def watch(self, sub: Submission) -> AsyncIterator[RoundStatus]:
         q: asyncio.Queue = asyncio.Queue()
         self._watches.setdefault(sub.key, _Watch(sub)).queues.append(q)
+        self._new_watch.set()  # wakes a lingering loop
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batchsite-poller-{self.name}")
         try:
@@ -132,6 +140,22 @@ class SitePoller:
             await self.transport.close()
             raise TransportError(f"no answer within {limit:.1f}s") from e
 
+    async def _linger(self) -> bool:
+        """Nothing is watched: wait up to ``idle_linger`` seconds for a new round, the transport
+        (its connection) kept open. True when a round came. No await separates a False answer
+        from the loop's end, so a round registered meanwhile starts a new loop."""
+        self._new_watch.clear()
+        if self.idle_linger <= 0:
+            return bool(self._watches)
+        try:
+            async with asyncio.timeout(self.idle_linger):
+                while not self._watches:
+                    await self._new_watch.wait()
+                    self._new_watch.clear()
+        except TimeoutError:
+            pass
+        return bool(self._watches)
+
     async def _run(self) -> None:
         # An outage is measured from the LAST SUCCESSFUL CONTACT: a command still unanswered
         # when the grace runs out counts as down, however long status_timeout is.
@@ -142,7 +166,11 @@ class SitePoller:
         # used up the grace (interval >= outage_grace) or the grace ends as we retry
         least_answer = max(MIN_ANSWER, min(self.outage_grace, self.interval))
         try:
-            while self._watches:
+            while True:
+                if not self._watches:
+                    if not await self._linger():
+                        return
+                    last_contact = self.clock()  # watching again after a pause: reachable until it is not
                 subs = [w.sub for w in self._watches.values()]
                 limit = min(self.status_timeout,
                             max(last_contact + self.outage_grace - self.clock(), least_answer))
@@ -206,8 +234,10 @@ class SitePoller:
             log.exception("poller for site %s failed", self.name)
             self._broadcast(e)
         finally:
-            if self.on_idle is not None:
-                self.on_idle(self)
+            # awaited here, not scheduled: an event loop that is shutting down (``airflow dags
+            # test`` runs each trigger in its own) would never run a scheduled close
+            if self.on_idle is not None and self.on_idle(self):
+                await self.transport.close()
 
 
 def site_poller(cfg: SiteConfig, transport: AsyncTransport) -> SitePoller:
@@ -215,7 +245,7 @@ def site_poller(cfg: SiteConfig, transport: AsyncTransport) -> SitePoller:
     return SitePoller(
         cfg.conn_id, transport, backend_for(cfg),
         interval=cfg.poll_interval, outage_grace=cfg.outage_grace, vanish_grace=cfg.vanish_grace,
-        max_backoff=cfg.max_backoff, status_timeout=cfg.status_timeout,
+        max_backoff=cfg.max_backoff, status_timeout=cfg.status_timeout, idle_linger=cfg.idle_linger,
     )
 
 
@@ -226,16 +256,17 @@ _POLLERS: dict[tuple[str, int], SitePoller] = {}
 
 def poller_for(site_key: str, factory: Callable[[], SitePoller]) -> SitePoller:
     """The shared poller of a site in this event loop (created on first use). Once no round
-    is watched any more it leaves the registry and closes its transport."""
+    has been watched for its ``idle_linger`` it leaves the registry and closes its transport."""
     registry_key = (site_key, id(asyncio.get_running_loop()))
     poller = _POLLERS.get(registry_key)
     if poller is None:
         poller = factory()
 
-        def _forget(idle: SitePoller) -> None:
+        def _forget(idle: SitePoller) -> bool:
             if _POLLERS.get(registry_key) is idle and not idle._watches:
                 del _POLLERS[registry_key]
-                asyncio.get_running_loop().create_task(idle.transport.close())
+                return True
+            return False
 
         poller.on_idle = _forget
         _POLLERS[registry_key] = poller

@@ -178,3 +178,61 @@ def test_a_slow_site_that_answers_within_the_grace_is_not_down(local_site):
     status = asyncio.run(asyncio.wait_for(watch_until_finished(p, sub), 30))
     assert status.succeeded
     assert len(transport.answered) >= 3  # several slow answers, none counted as an outage
+
+
+class ClosingCountingTransport(CountingTransport):
+    """Also counts close() calls: each one ends a connection a later command reopens."""
+
+    def __init__(self):
+        super().__init__()
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+        await super().close()
+
+
+def test_a_round_watched_within_the_linger_reuses_the_connection(local_site):
+    """A campaign's next round comes after its collect and replan tasks: the registered poller
+    keeps its transport open for ``idle_linger`` and the next round is watched by the same loop
+    (no second probe, no close); only after a linger with nothing watched is it let go."""
+    from batchsite.polling import _POLLERS, poller_for
+
+    first = submit(local_site, ["sh", "-c", "sleep 0.3"])
+    second = submit(local_site, ["sh", "-c", "sleep 0.3"])
+    transport = ClosingCountingTransport()
+
+    async def two_rounds_with_a_pause():
+        p = poller_for("local-linger", lambda: poller(transport, idle_linger=1.5))
+        assert (await watch_until_finished(p, first)).succeeded
+        loop_task = p._task
+        await asyncio.sleep(0.6)  # the collect and replan tasks of a campaign
+        assert transport.closed == 0 and not loop_task.done(), "the idle poller let go within its linger"
+        again = poller_for("local-linger", lambda: poller(transport, idle_linger=1.5))
+        assert again is p
+        assert (await watch_until_finished(p, second)).succeeded
+        assert p._task is loop_task  # the same loop watched both rounds
+        await asyncio.wait_for(loop_task, 10)  # nothing watched for the linger: it ends
+        return p
+
+    p = asyncio.run(asyncio.wait_for(two_rounds_with_a_pause(), 60))
+    assert transport.closed == 1  # closed once, after the last linger
+    assert not [k for k in _POLLERS if k[0] == "local-linger"]
+    probes = [line for _, line in transport.commands if first.key not in line and second.key not in line]
+    assert len(probes) == 1, probes  # the scheduler probe ran once for both rounds
+    assert p.cycles == len(transport.commands) - 1
+
+
+def test_without_a_linger_the_idle_poller_closes_at_once(local_site):
+    from batchsite.polling import poller_for
+
+    sub = submit(local_site, ["sh", "-c", "sleep 0.2"])
+    transport = ClosingCountingTransport()
+
+    async def one_round():
+        p = poller_for("local-no-linger", lambda: poller(transport, idle_linger=0))
+        assert (await watch_until_finished(p, sub)).succeeded
+        await asyncio.wait_for(p._task, 5)
+
+    asyncio.run(asyncio.wait_for(one_round(), 30))
+    assert transport.closed == 1
