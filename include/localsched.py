@@ -34,6 +34,8 @@ Files (all under the workdir; every state file is replaced atomically, temp name
     state/fanin                waiting | running <pid> | exited <rc> | signalled <sig>
                                | timeout <pid> | dependency-never-satisfied | cancelled [<pid>]
     state/runner.done          finished | cancelled  (last thing the runner writes)
+    state/runner.usage         "<index|fanin> <wall s> <cpu s> <peak RSS KB>" per reaped job
+                               (wait4's rusage: the job and its waited-for descendants)
     status/<index>.exit        written by unit.sh itself (batchsite.backends.common)
     logs/localsched.log        the runner's own log
 
@@ -103,7 +105,9 @@ class Job:
         self.name = name
         self.proc = proc
         self.pid = proc.pid
-        self.deadline = time.monotonic() + limit if limit else None
+        self.started = time.monotonic()
+        self.deadline = self.started + limit if limit else None
+        self.usage = None  # (wall s, cpu s, peak RSS KB) once reaped by ``reap``
         self.timed_out = False
         self.kill_at = None  # SIGKILL time once SIGTERM was sent
 
@@ -122,11 +126,23 @@ class Job:
             if info is None:
                 return self.proc.poll()
             killpg(self.pid, signal.SIGKILL)
-            return self.proc.wait()
+            return self.reap()
         rc = self.proc.poll()
         if rc is not None:
             killpg(self.pid, signal.SIGKILL)
         return rc
+
+    def reap(self):
+        """Wait for the exited job with wait4, which also gives what it used (its own and its
+        waited-for descendants' CPU time and peak RSS): ``self.usage``."""
+        try:
+            _, status, ru = os.wait4(self.pid, 0)
+        except ChildProcessError:
+            return self.proc.wait()
+        self.usage = (time.monotonic() - self.started, ru.ru_utime + ru.ru_stime,
+                      ru.ru_maxrss // 1024 if sys.platform == "darwin" else ru.ru_maxrss)  # KB
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return self.proc.returncode
 
 
 class Runner:
@@ -222,6 +238,10 @@ class Runner:
         else:
             text = "exited %d" % rc
         self.set_state(job.name, text)
+        if job.usage is not None:
+            # one line per job, appended (a short O_APPEND write): batchsite's usage command reads it
+            with open(self.state_path("runner.usage"), "a") as f:
+                f.write("%s %.3f %.3f %d\n" % ((job.name,) + job.usage))
         log("%s: %s" % (job.name, text))
         ok = text == "exited 0"
         if job.name == FANIN:

@@ -19,19 +19,22 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from pydantic import ValidationError
 
+from batchsite.backends.common import FANIN
 from batchsite.campaign.common import explain_validation
 from batchsite.hooks.ledger import ledger_for_task
 from batchsite.hooks.site import BatchSiteHook
 from batchsite.keys import job_key
 from batchsite.model import JobState, RoundSpec, RoundStatus, Submission, TaskStatus, index_ranges
 from batchsite.polling import apply_vanish_grace
-from batchsite.roundinfo import read_ran_with
+from batchsite.roundinfo import failure_tails, read_ran_with
 from batchsite.rounds import (
-    CannotEscalate, Decision, HoldPolicy, RescuePolicy, RoundRequest, RoundResult, RoundWatch, RoundWatchEvent,
+    CannotEscalate, Decision, HoldPolicy, RanWith, RescuePolicy, RoundRequest, RoundResult, RoundWatch, RoundWatchEvent,
     classify_failures, describe_failure, fanin_only_index, needs_more, out_of_memory, rescue_plan, spec_from_request,
 )
 from batchsite.site import Site
+from batchsite.sizing import blocked_hosts, right_size
 from batchsite.triggers.round import BatchRoundTrigger
+from batchsite.usage import ledger_usage, mark_out_of_memory, ran_units, ran_with, read_usage, summary_line
 
 #: how a unit that succeeded in an earlier attempt of the round (before a narrowed rescue) shows
 DONE_EARLIER = TaskStatus(state=JobState.DONE, native="DONE", exit_code=0,
@@ -262,6 +265,10 @@ class BatchRoundOperator(BaseOperator):
         # a narrowed rescue submits only the failed units: the others succeeded before it
         this_attempt = set(submission.indices) if not watch_state.fanin_only else set()
         done_earlier = {i: DONE_EARLIER for i in spec.indices if i not in this_attempt}
+        # ONE usage command per round: sizing, ledger, the limits a rescue escalates from, and
+        # units killed for their memory that the scheduler reports only as FAILED (OverMemoryKill)
+        usage = read_usage(site, submission, expect=ran_units(status))
+        status = mark_out_of_memory(status, usage)
         whole = status.model_copy(update={"units": {**done_earlier, **status.units}})
         decision = classify_failures(whole, request.rescue or RescuePolicy(), watch_state.rescues, label)
         ledger = ledger_for_task(context, self.site_conn_id)
@@ -270,14 +277,22 @@ class BatchRoundOperator(BaseOperator):
         if decision.action == "rescue":
             try:
                 return self._rescue(context, site, hook, request, spec, submission, status, whole, watch_state,
-                                    decision.message)
+                                    decision.message, ran=ran_with(usage),
+                                    exclude_hosts=blocked_hosts(usage, status))
             except CannotEscalate as e:
                 decision = Decision(action="exhausted", ratio=decision.ratio, message=f"{label}: {e}")
                 ledger.decided(submission.key, decision.action, decision.message, decision.ratio)
         result = self.round_result(site, submission, whole, watch_state, decision)
-        ledger.finished(site, submission, whole, decision.action)
+        sizing = right_size(usage, watch_state.raised(spec).resources, site.backend.name)
+        self.log.info("%s: %s; %s", label, summary_line(usage), sizing.message())
+        if usage.units:
+            result = result.model_copy(update={"sizing": sizing.model_dump(mode="json")})
+            ledger.sized(submission.key, sizing.message(), sizing.model_dump(mode="json"))
+        ledger.finished(site, submission, whole, decision.action, usage=ledger_usage(usage))
         self.log.info("%s", whole.progress_line(label))
         if not whole.succeeded:
+            self._log_failure_tails(site, submission, whole, label,
+                                    str(fanin_only_index(spec)) if watch_state.fanin_only else FANIN)
             text = self._failure_text(label, submission, status, whole, fanin_note, decision.message)
             if request.fail_on_failure is not False:
                 raise AirflowException(text)
@@ -301,6 +316,17 @@ class BatchRoundOperator(BaseOperator):
             fanin_native=fanin.native if fanin else None, fanin_timed_out=bool(fanin and fanin.timed_out),
         )
 
+    def _log_failure_tails(self, site: Site, submission: Submission, whole: RoundStatus, label: str,
+                           fanin_log: str) -> None:
+        """The last lines of the failed units' stderr, in the task log (ONE remote command)."""
+        try:
+            text = failure_tails(site, submission, whole, label, fanin_log=fanin_log)
+        except Exception as e:  # noqa: BLE001 - the round's failure is reported below either way
+            self.log.warning("%s: could not read the failed units' stderr on the site: %s", label, e)
+            return
+        if text:
+            self.log.error("%s", text)
+
     @staticmethod
     def _failure_text(label: str, submission: Submission, status: RoundStatus, whole: RoundStatus,
                       fanin_note: str, decision_message: str) -> str:
@@ -315,14 +341,18 @@ class BatchRoundOperator(BaseOperator):
 
     def _rescue(self, context: Any, site: Site, hook: BatchSiteHook, request: RoundRequest, spec: RoundSpec,
                 submission: Submission, status: RoundStatus, whole: RoundStatus, watch_state: RoundWatch,
-                why: str) -> dict[str, Any]:
+                why: str, ran: RanWith | None = None, exclude_hosts: Sequence[str] = ()) -> dict[str, Any]:
+        """``ran``: the limits the attempt's jobs ran with, as the scheduler reported them (the
+        round's usage command); None: read them now. ``exclude_hosts``: where the rescue must
+        not run (``sizing.blocked_hosts``)."""
         # from the resources the attempt that just ended ran with: the request's, as earlier rescues raised them
         current = watch_state.raised(spec)
         starved = any(needs_more(s) for s in [*whole.units.values(), *([whole.fanin] if whole.fanin else [])])
-        ran = read_ran_with(site, submission) if starved else None
+        if ran is None and starved:
+            ran = read_ran_with(site, submission)
         # DAGMan's rescue DAG reruns only the failed nodes of the same DAG itself
         narrow = site.backend.name != "htcondor"
-        plan = rescue_plan(current, whole, scheduler=site.backend.name, narrow=narrow,
+        plan = rescue_plan(current, whole, scheduler=site.backend.name, narrow=narrow, exclude_hosts=exclude_hosts,
                            **({"ran": ran} if ran is not None else {}))
         reason = "; ".join([why, *plan.notes])
         self.log.warning("%s", reason)

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 #: a remote path or a file name that we put into shell commands and scheduler directives
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
 
 #: a job id as the schedulers write it (see ``Submission.fanout_id``)
@@ -83,6 +84,17 @@ class Resources(Frozen):
     job_flavour: str | None = None  # lxplus +JobFlavour
     requirements: str | None = None  # HTCondor requirements expression
     disk_mb: int | None = Field(default=None, gt=0)
+    #: hosts the jobs must not run on (Slurm ``--exclude``, HTCondor ``Machine =!= ...``): the
+    #: rescue's blocklist of hosts where units failed repeatedly (``sizing.blocked_hosts``)
+    exclude_hosts: tuple[str, ...] = ()
+
+    @field_validator("exclude_hosts")
+    @classmethod
+    def _host_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [h for h in v if not HOST_NAME.match(h)]
+        if bad:
+            raise ValueError(f"exclude_hosts: {bad} are not host names (letters, digits, '.', '-', '_')")
+        return tuple(sorted(set(v)))
 
     @field_validator("partition", "account", "job_flavour")
     @classmethod

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from batchsite.backends.slurm import compact_indices
 from batchsite.backends.slurm_parse import expand_indices
 from batchsite.config import SiteConfig
+from batchsite.measure import OUT_OF_MEMORY
 from batchsite.model import (
     JobState, Resources, RoundDigest, RoundLabel, RoundSpec, RoundStatus, Submission, TaskStatus, UnitTemplate, WorkUnit,
     expand_ranges,
@@ -42,8 +43,6 @@ MEM_CAP_MB = 64 * 1024
 #: what a unit is assumed to have had when neither the round nor the scheduler says (Slurm's
 #: and HTCondor's usual per-core default is 2 GB)
 ASSUMED_MEM_MB = 2048
-#: Slurm's state of a unit killed by the kernel's OOM killer in its cgroup
-OUT_OF_MEMORY = "OUT_OF_MEMORY"
 
 
 def next_flavour(flavour: str | None) -> str | None:
@@ -227,11 +226,13 @@ def fanin_only_index(spec: RoundSpec) -> int:
 
 
 def rescue_plan(spec: RoundSpec, status: RoundStatus, *, scheduler: str, narrow: bool,
-                ran: RanWith = RanWith()) -> RescuePlan:
+                ran: RanWith = RanWith(), exclude_hosts: Sequence[str] = ()) -> RescuePlan:
     """The rescue round of ``spec`` after ``status`` (the whole round: earlier attempts merged).
 
     ``narrow``: submit only what failed (Slurm, local; HTCondor when the rescue is a new
     DAG). Not narrowed, HTCondor's rescue DAG reruns only the failed nodes itself.
+    ``exclude_hosts``: hosts the rescue must not run on (``sizing.blocked_hosts``), added to
+    those the round already excludes.
     Raises CannotEscalate when units were killed at a limit that cannot grow.
     """
     notes: list[str] = []
@@ -239,6 +240,11 @@ def rescue_plan(spec: RoundSpec, status: RoundStatus, *, scheduler: str, narrow:
     starved = [status.units[i] for i in failed if needs_more(status.units[i])]
     resources = _more(spec.resources, starved, f"units {[i for i in failed if needs_more(status.units[i])]}",
                       scheduler, ran.unit_seconds, ran.unit_mem_mb, notes) if starved else spec.resources
+    new_hosts = sorted(set(exclude_hosts) - set(resources.exclude_hosts))
+    if new_hosts:
+        resources = resources.model_copy(update={"exclude_hosts": (*resources.exclude_hosts, *new_hosts)})
+        resources = Resources.model_validate(resources.model_dump())  # sorted, checked
+        notes.append(f"hosts {new_hosts} excluded: units failed there repeatedly")
     fanin_resources = spec.fanin_resources
     fanin_failed = status.fanin is not None and status.fanin.state is JobState.FAILED
     if fanin_failed and needs_more(status.fanin):
@@ -439,12 +445,17 @@ class RoundWatch(BaseModel):
     fanin_time_minutes: int | None = None
     fanin_mem_mb: int | None = None
     fanin_flavour: str | None = None
+    #: hosts earlier rescues excluded (comma-separated; ``sizing.blocked_hosts``)
+    exclude_hosts: str | None = None
 
     def raised(self, spec: RoundSpec) -> RoundSpec:
         """``spec`` (the round as requested) with the resources earlier rescues raised."""
+        hosts = tuple(h for h in (self.exclude_hosts or "").split(",") if h)
+
         def bump(res: Resources, time: int | None, mem: int | None, flavour: str | None) -> Resources:
-            upd = {k: v for k, v in (("time_minutes", time), ("mem_mb", mem), ("job_flavour", flavour)) if v}
-            return res.model_copy(update=upd) if upd else res
+            upd = {k: v for k, v in (("time_minutes", time), ("mem_mb", mem), ("job_flavour", flavour),
+                                     ("exclude_hosts", tuple(sorted(set(res.exclude_hosts) | set(hosts))))) if v}
+            return Resources.model_validate({**res.model_dump(), **upd}) if upd else res
 
         fanin = spec.fanin_resources or spec.resources
         raised_fanin = bump(fanin, self.fanin_time_minutes, self.fanin_mem_mb, self.fanin_flavour)
@@ -458,7 +469,8 @@ class RoundWatch(BaseModel):
         fanin = plan.fanin_resources or plan.resources
         return {"unit_time_minutes": plan.resources.time_minutes, "unit_mem_mb": plan.resources.mem_mb,
                 "unit_flavour": plan.resources.job_flavour, "fanin_time_minutes": fanin.time_minutes,
-                "fanin_mem_mb": fanin.mem_mb, "fanin_flavour": fanin.job_flavour, "fanin_only": plan.fanin_only}
+                "fanin_mem_mb": fanin.mem_mb, "fanin_flavour": fanin.job_flavour, "fanin_only": plan.fanin_only,
+                "exclude_hosts": ",".join(plan.resources.exclude_hosts) or None}
 
     @classmethod
     def of(cls, sub: Submission, *, site_conn_id: str, label: str, **numbers: Any) -> RoundWatch:
@@ -522,6 +534,9 @@ class RoundResult(BaseModel):
     oom: str = ""  # index ranges of the units killed out of memory
     fanin_native: str | None = None
     fanin_timed_out: bool = False
+    #: the next round's requests from this round's measured usage (a ``sizing.SizingDecision``
+    #: dump: O(1) in the units); None when nothing was measured
+    sizing: dict[str, Any] | None = None
 
     def as_status(self, indices: list[int]) -> RoundStatus:
         """The round of units ``indices`` as this result saw it end (what a later rescue of

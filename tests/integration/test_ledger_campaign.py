@@ -94,9 +94,13 @@ def test_rg_campaign_on_the_local_site_is_in_the_ledger(backend, airflow_home, t
     assert replans[0].inputs["partitions"][0]["distance"] is None  # step 1 has nothing to compare with
     assert replans[1].inputs["partitions"][0]["distance"] > 0 and replans[1].inputs["partitions"][0]["noise"] > 0
 
+    # each round's sizing decision from its units' measured usage (the local runner's rusage)
+    sizings = [d for d in view.decisions if d.kind == "sizing"]
+    assert len(sizings) == 2 and all(d.inputs["inputs"]["measured_units"] == 4 for d in sizings), sizings
+
     listed = batchsite_cli(airflow_home, "campaigns", "list")
     assert listed.returncode == 0, listed.stderr
-    assert re.search(rf"rg_campaign\s+{re.escape(campaign.run_id)}\s+local\s+finished\s+2\s+8\s+8\s+0\s+2\s",
+    assert re.search(rf"rg_campaign\s+{re.escape(campaign.run_id)}\s+local\s+finished\s+2\s+8\s+8\s+0\s+4\s",
                      listed.stdout), listed.stdout
     shown = batchsite_cli(airflow_home, "campaigns", "show", campaign.run_id, "--units")
     assert shown.returncode == 0, shown.stderr

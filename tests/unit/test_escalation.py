@@ -5,8 +5,6 @@ rounds of many time-outs escalated rather than reviewed or aborted (pure functio
 import pytest
 
 from batchsite.model import JobState, Resources, RoundSpec, RoundStatus, TaskStatus, WorkUnit
-from batchsite.roundinfo import parse_condor_limits, parse_slurm_limits, parse_slurm_reqmem, parse_slurm_timelimit
-from batchsite.model import Submission
 from batchsite.rounds import (
     FLAVOUR_MINUTES, FLAVOURS, MAX_TIME_MINUTES, MEM_CAP_MB, CannotEscalate, RanWith, RescuePolicy, RoundWatch,
     classify_failures, effective_minutes, escalate, grow_memory, rescue_plan,
@@ -132,18 +130,6 @@ def test_a_failed_fanin_alone_reruns_only_the_fanin():
 def test_max_rescues_zero_means_no_rescue():
     d = classify_failures(status(100, failed={3}), RescuePolicy(max_rescues=0), 0, "r")
     assert d.action == "exhausted" and "max_rescues=0" in d.message
-
-
-def test_scheduler_limit_parsers():
-    assert parse_slurm_timelimit("00:01:00") == 60 and parse_slurm_timelimit("1-02:00:00") == 93600
-    assert parse_slurm_timelimit("5") == 300 and parse_slurm_timelimit("10:30") == 630
-    assert parse_slurm_timelimit("UNLIMITED") is None and parse_slurm_timelimit("Partition_Limit") is None
-    assert parse_slurm_reqmem("100M") == 100 and parse_slurm_reqmem("4G") == 4096 and parse_slurm_reqmem("2000Mc") == 2000
-    sub = Submission(key="k", scheduler="slurm", workdir="/w", indices=[0, 1], fanout_id="70", fanin_id="71")
-    ran = parse_slurm_limits("70_0|00:01:00|100M\n70_1|00:02:00|100M\n71|00:30:00|1G\n", sub)
-    assert ran == RanWith(unit_seconds=120, unit_mem_mb=100, fanin_seconds=1800, fanin_mem_mb=1024)
-    ran = parse_condor_limits("unit0 5 128\nunit1 15 128\nfanin 120 256\n")
-    assert ran == RanWith(unit_seconds=15, unit_mem_mb=128, fanin_seconds=120, fanin_mem_mb=256)
 
 
 # ---------------------------------------------------------------------------- Slurm states

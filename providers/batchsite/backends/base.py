@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from batchsite.measure import RoundUsage
 from batchsite.model import RoundSpec, RoundStatus, Submission
 
 
@@ -92,6 +93,16 @@ class Backend(abc.ABC):
         """What submit.sh prints for these ids, so ``parse_submit`` reads them back (the
         submission record written for a submission found by ``parse_find``)."""
         raise UnsupportedOperation(f"{self.name}: cannot write a record for found ids")
+
+    # -------------------------------------------------------------- measured usage (issue 15)
+
+    def usage_command(self, sub: Submission) -> list[str] | None:
+        """The argv of ONE command that prints the measured usage of every job of ``sub``
+        (``parse_usage`` reads it); None: this site cannot measure (e.g. no accounting)."""
+        return None
+
+    def parse_usage(self, text: str, sub: Submission) -> RoundUsage:
+        return RoundUsage(note=f"{self.name}: no usage measurement")
 
     def diagnose(self, text: str) -> str | None:
         """A hint for a known error in a tool's output (credentials, controller down, bad

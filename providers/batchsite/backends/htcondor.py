@@ -54,6 +54,7 @@ from batchsite import shellscripts
 from batchsite.backends import common
 from batchsite.backends import htcondor_parse
 from batchsite.backends.base import Backend, RenderedRound, SubmitIds, register
+from batchsite.measure import RoundUsage
 from batchsite.model import SAFE_NAME, Resources, RoundSpec, RoundStatus, Submission
 
 q = common.q
@@ -87,6 +88,13 @@ class Options:
     #: ABORT-DAG-ON <unit> <value>: a unit exiting with it stops the whole DAG
     abort_dag_on_exit: int | None = None
     should_transfer_files: str = "IF_NEEDED"
+
+
+#: a job whose measured memory passes its request is removed (its node fails, the rescue asks
+#: for more: ``htcondor_parse.is_out_of_memory`` knows the RemoveReason), as Slurm kills it; a pool
+#: without cgroup limits would let it run on. The shadow sees the starter's RSS (every
+#: STARTER_UPDATE_INTERVAL, from a process snapshot every PID_SNAPSHOT_INTERVAL)
+MEMORY_REMOVE = "MemoryUsage =!= undefined && MemoryUsage > RequestMemory"
 
 
 def dag_file(key: str) -> str:
@@ -147,6 +155,7 @@ def submit_description(spec: RoundSpec, *, fanin: bool, opts: Options = Options(
     d["request_cpus"] = str(r.cpus)
     if r.mem_mb:
         d["request_memory"] = f"{r.mem_mb}MB"
+        d["periodic_remove"] = MEMORY_REMOVE
     if r.disk_mb:
         d["request_disk"] = f"{r.disk_mb}MB"
     if r.time_minutes:
@@ -155,8 +164,11 @@ def submit_description(spec: RoundSpec, *, fanin: bool, opts: Options = Options(
         d["MY.MaxRuntime"] = str(r.time_minutes * 60)
     if r.job_flavour:
         d["MY.JobFlavour"] = _classad_string(r.job_flavour)
-    if r.requirements:
-        d["requirements"] = r.requirements
+    requirements = [f"({r.requirements})"] if r.requirements else []
+    requirements += [f"(Machine =!= {_classad_string(h)})" for h in r.exclude_hosts]
+    if requirements:
+        d["requirements"] = requirements[0][1:-1] if len(requirements) == 1 and r.requirements else \
+            " && ".join(requirements)
     if r.account:
         d["accounting_group"] = r.account
     d["should_transfer_files"] = opts.should_transfer_files
@@ -454,6 +466,25 @@ def render_status_script(subs: Sequence[Submission], default_schedd: str | None 
     return "\n".join(lines) + "\n"
 
 
+#: how far back the usage command reads the history: every attempt of a round (a rescue is
+#: submitted when the attempt before ends, or after a review of at most a day) ended since
+USAGE_HISTORY_SECONDS = 3 * 86400
+
+
+def usage_command(sub: Submission, default_schedd: str | None = None) -> list[str]:
+    """ONE ``condor_history`` of the node jobs of every attempt of the round (``-batch-name``
+    is the round key, inherited by the nodes; a rescue DAG is a new DAGMan job) with what they
+    used (``htcondor_parse.parse_usage`` reads it), bounded by ``-completedsince``."""
+    if not SAFE_NAME.match(sub.key):
+        raise ValueError(f"key={sub.key!r} is not a safe job name")
+    section = htcondor_parse.schedd_section(sub.schedd, default_schedd)
+    _check_schedd(None if section == "-" else section, sub.key)
+    where = [] if section == "-" else ["-name", section]
+    since = max(0, int(sub.submitted_at) - USAGE_HISTORY_SECONDS)
+    return ["condor_history", *where, "-constraint", f"JobBatchName == {_classad_string(sub.key)} && "
+            "BatchsiteIndex =!= undefined", "-completedsince", str(since), "-af:t", *htcondor_parse.USAGE_ATTRIBUTES]
+
+
 # ---------------------------------------------------------------------------- cancel / find / probe
 
 def render_cancel_script(subs: Sequence[Submission], default_schedd: str | None = None) -> str:
@@ -564,6 +595,12 @@ class HTCondorBackend(Backend):
 
     def format_submit(self, ids: SubmitIds) -> str:
         return format_submit(ids)
+
+    def usage_command(self, sub: Submission) -> list[str] | None:
+        return usage_command(sub, self.schedd)
+
+    def parse_usage(self, text: str, sub: Submission) -> RoundUsage:
+        return htcondor_parse.parse_usage(text)
 
     def diagnose(self, text: str) -> str | None:
         """A clear message for Kerberos/AFS/schedd errors in a tool's output, or None; a

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from batchsite.backends import common
 from batchsite.backends.base import SubmitIds
+from batchsite.measure import OUT_OF_MEMORY, RoundUsage, UnitMeasure
 from batchsite.model import JobState, RoundStatus, Submission, TaskStatus
 
 FANIN_NODE = "fanin"
@@ -287,8 +288,8 @@ def history_job_status(ad: dict | None) -> TaskStatus | None:
             return TaskStatus(state=JobState.DONE, native=native, exit_code=0)
         return TaskStatus(state=JobState.FAILED, native=native, exit_code=rc if isinstance(rc, int) else None)
     if st == 3:
-        return TaskStatus(state=JobState.FAILED, native=native, reason=str(ad.get("RemoveReason") or "removed"),
-                          timed_out=is_time_limit(ad))
+        return TaskStatus(state=JobState.FAILED, native=OUT_OF_MEMORY if is_out_of_memory(ad) else native,
+                          reason=str(ad.get("RemoveReason") or "removed"), timed_out=is_time_limit(ad))
     return None
 
 
@@ -331,6 +332,8 @@ def node_file_status(node: dict, job: dict | None = None) -> TaskStatus:
             # removed (time limit, condor_rm, the DAG removed): the job's RemoveReason says which
             reason = f"{details}: {job.get('RemoveReason')}" if details else str(job.get("RemoveReason"))
             timed_out = is_time_limit(job)
+            # removed for its memory use: the rescue asks for more (rounds.out_of_memory)
+            native = OUT_OF_MEMORY if is_out_of_memory(job) else native
         return TaskStatus(state=JobState.FAILED, native=native, exit_code=exit_code, reason=reason,
                           timed_out=timed_out)
     if code == 7:
@@ -665,3 +668,63 @@ def diagnose_credentials(text: str) -> str | None:
         if pat.search(text or ""):
             return msg
     return None
+
+
+# ---------------------------------------------------------------------------- measured usage
+
+#: what ``htcondor.usage_command`` prints per node job (``-af:t``: tab-separated, in this order;
+#: RemoveReason last, it has spaces). ResidentSetSize_RAW: the schedd rounds ResidentSetSize
+#: (627432 KB measured became 750000), the raw one is the measurement
+USAGE_ATTRIBUTES = ("ClusterId", "BatchsiteIndex", "JobStatus", "ExitBySignal", "ExitSignal", "ResidentSetSize_RAW",
+                    "ResidentSetSize", "RemoteWallClockTime", "RemoteUserCpu", "RemoteSysCpu", "RequestMemory",
+                    "MaxRuntime", "RequestCpus", "LastRemoteHost", "LastHoldReasonCode", "RemoveReason")
+#: HoldReasonCode JobOutOfResources: the startd's cgroup killed the job for its memory (lxplus)
+OUT_OF_RESOURCES_HOLD_CODE = 34
+#: the RemoveReason of batchsite's own ``periodic_remove`` on memory (``htcondor.MEMORY_REMOVE``),
+#: and the texts of memory holds: "Job has gone over cgroup memory limit of 2048 megabytes"
+MEMORY_EXCEEDED = re.compile(r"MemoryUsage > RequestMemory|memory limit|memory usage exceeded", re.I)
+
+
+def is_out_of_memory(ad: dict | None) -> bool:
+    """Removed or held for its memory use: hold code 34, or a Hold/RemoveReason that says so."""
+    if not ad:
+        return False
+    if OUT_OF_RESOURCES_HOLD_CODE in (ad.get("HoldReasonCode"), ad.get("LastHoldReasonCode")):
+        return True
+    return any(MEMORY_EXCEEDED.search(str(ad.get(k) or "")) for k in ("HoldReason", "RemoveReason"))
+
+
+def _value(text: str) -> float | None:
+    return float(text) if re.fullmatch(r"-?\d+(?:\.\d+)?", text) else None
+
+
+def parse_usage(text: str) -> RoundUsage:
+    """``condor_history -constraint 'DAGManJobId == <dag>' -af:t USAGE_ATTRIBUTES`` -> the
+    measured usage per unit (``BatchsiteIndex``; -1 is the fan-in). A node run more than once
+    (DAGMan retries) is measured by its newest job (highest ClusterId)."""
+    newest: dict[int, tuple[int, UnitMeasure]] = {}
+    for line in (text or "").splitlines():
+        parts = line.split("\t")
+        if len(parts) < len(USAGE_ATTRIBUTES) or not parts[0].isdigit() or _value(parts[1]) is None:
+            continue
+        ad = dict(zip(USAGE_ATTRIBUTES, parts))
+        cluster, index = int(parts[0]), int(parts[1])
+        rss_kb = _value(ad["ResidentSetSize_RAW"]) or _value(ad["ResidentSetSize"])
+        user, system = _value(ad["RemoteUserCpu"]), _value(ad["RemoteSysCpu"])
+        req, limit, cpus = _value(ad["RequestMemory"]), _value(ad["MaxRuntime"]), _value(ad["RequestCpus"])
+        host = ad["LastRemoteHost"].rpartition("@")[2] if ad["LastRemoteHost"] != "undefined" else None
+        code = _value(ad["LastHoldReasonCode"])
+        oom = is_out_of_memory({"LastHoldReasonCode": int(code) if code is not None else None,
+                                "RemoveReason": ad["RemoveReason"]})
+        status = _value(ad["JobStatus"])
+        measure = UnitMeasure(
+            state=OUT_OF_MEMORY if oom else JOB_STATUS.get(int(status) if status is not None else -1, "unknown"),
+            wall_seconds=_value(ad["RemoteWallClockTime"]),
+            cpu_seconds=(user or 0.0) + (system or 0.0) if user is not None or system is not None else None,
+            max_rss_mb=rss_kb / 1024 if rss_kb else None, req_mem_mb=int(req) if req else None,
+            time_limit_seconds=limit, cpus=int(cpus) if cpus else None, host=host or None, out_of_memory=oom,
+            source="condor_history")
+        if index not in newest or cluster > newest[index][0]:
+            newest[index] = (cluster, measure)
+    fanin = newest.pop(-1, None)
+    return RoundUsage(units={i: m for i, (_, m) in newest.items()}, fanin=fanin[1] if fanin else None)

@@ -49,6 +49,7 @@ from typing import ClassVar
 from batchsite import shellscripts
 from batchsite.backends import common, local_parse
 from batchsite.backends.base import Backend, RenderedRound, SubmitIds, register
+from batchsite.measure import RoundUsage
 from batchsite.model import RoundSpec, RoundStatus, Submission
 
 q = common.q
@@ -61,6 +62,8 @@ CONFIG = "local.json"
 SUBMIT_SCRIPT = shellscripts.load("batchsite.backends", "local_submit.sh")
 #: the shell functions of the status and cancel scripts (``bs_local``, ``bs_term``, ``bs_finish``)
 JOB_FUNCTIONS = shellscripts.load("batchsite.backends", "local_jobs.sh")
+#: the remote side of the measured-usage command (mode ``local``: the runner's usage lines)
+USAGE_SCRIPT = shellscripts.load("batchsite.backends", "usage.sh")
 
 
 def runner_source() -> str:
@@ -169,3 +172,10 @@ class LocalBackend(Backend):
 
     def render_cancel_script(self, subs: Sequence[Submission]) -> str:
         return render_cancel_script(subs)
+
+    def usage_command(self, sub: Submission) -> list[str] | None:
+        """``usage.sh local``: what the runner recorded of each job (wait4's rusage)."""
+        return ["sh", "-c", USAGE_SCRIPT, "batchsite", "local", _wd(sub.workdir)]
+
+    def parse_usage(self, text: str, sub: Submission) -> RoundUsage:
+        return local_parse.parse_usage(text)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from batchsite.backends import common
 from batchsite.backends.base import SubmitIds
+from batchsite.measure import RoundUsage, UnitMeasure
 from batchsite.model import JobState, RoundStatus, Submission, TaskStatus
 
 SECTION = "local"
@@ -194,3 +195,28 @@ def parse_status(text: str, subs: Sequence[Submission]) -> dict[str, RoundStatus
         out[s.key] = RoundStatus(key=s.key, units=units, fanin=fanin, scheduler_ok=ok, note="; ".join(notes))
     return out
 
+
+
+# ---------------------------------------------------------------------------- measured usage
+
+def parse_usage(text: str) -> RoundUsage:
+    """``usage.sh local``: the runner's ``state/runner.usage`` lines (``<index|fanin> <wall s>
+    <cpu s> <peak RSS KB>``, wait4's rusage of each job) -> the measured usage; a job reaped
+    twice (never: one runner per workdir) keeps its last line."""
+    units: dict[int, UnitMeasure] = {}
+    fanin = None
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) != 4:
+            continue
+        try:
+            wall, cpu, rss_kb = float(parts[1]), float(parts[2]), float(parts[3])
+        except ValueError:
+            continue
+        measure = UnitMeasure(state="exited", wall_seconds=wall, cpu_seconds=cpu, max_rss_mb=rss_kb / 1024 or None,
+                              source="rusage")
+        if parts[0] == common.FANIN:
+            fanin = measure
+        elif parts[0].isdigit():
+            units[int(parts[0])] = measure
+    return RoundUsage(units=units, fanin=fanin)

@@ -39,6 +39,7 @@ from batchsite import shellscripts
 from batchsite.backends import common, slurm_parse
 from batchsite.backends.base import Backend, RenderedRound, SubmitIds, register
 from batchsite.backends.slurm_parse import SlurmLimits, job_ids
+from batchsite.measure import RoundUsage
 from batchsite.model import SAFE_NAME, Resources, RoundSpec, RoundStatus, Submission, index_ranges
 
 q = common.q
@@ -50,6 +51,8 @@ LOG_DIR = "logs"
 ARRAYS_FILE = "arrays.txt"
 #: submit.sh of every round (its header says what it does); rendered with ``fanin`` and ``serial`` set
 SUBMIT_SCRIPT = shellscripts.load("batchsite.backends", "slurm_submit.sh")
+#: the remote side of the measured-usage command (modes ``slurm``, ``local``)
+USAGE_SCRIPT = shellscripts.load("batchsite.backends", "usage.sh")
 
 
 # ---------------------------------------------------------------------------- arrays
@@ -107,6 +110,8 @@ def _resource_lines(r: Resources) -> list[str]:
         lines.append(f"--partition={r.partition}")
     if r.account:
         lines.append(f"--account={r.account}")
+    if r.exclude_hosts:
+        lines.append(f"--exclude={','.join(r.exclude_hosts)}")
     return lines
 
 
@@ -217,6 +222,15 @@ def render_status_script(subs: Sequence[Submission], accounting: bool | None = N
     lines.append(common.render_exit_files_section(subs))
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
+
+
+def usage_command(sub: Submission) -> list[str]:
+    """ONE command (``usage.sh slurm``): ``sacct`` with steps of every job named after the
+    round (every attempt's arrays and fan-ins) and the earlier submission records, which give
+    the arrays' offsets (``slurm_parse.parse_usage`` reads it)."""
+    if not SAFE_NAME.match(sub.key):
+        raise ValueError(f"key={sub.key!r} is not a safe job name")
+    return ["sh", "-c", USAGE_SCRIPT, "batchsite", "slurm", sub.key, sub.workdir, ",".join(slurm_parse.USAGE_FIELDS)]
 
 
 # ---------------------------------------------------------------------------- probe / cancel / find (re-attach)
@@ -337,6 +351,12 @@ class SlurmBackend(Backend):
 
     def format_submit(self, ids: SubmitIds) -> str:
         return format_submit(ids)
+
+    def usage_command(self, sub: Submission) -> list[str] | None:
+        return usage_command(sub) if self.accounting is not False else None
+
+    def parse_usage(self, text: str, sub: Submission) -> RoundUsage:
+        return slurm_parse.parse_usage(text, sub)
 
     def diagnose(self, text: str) -> str | None:
         return slurm_parse.diagnose(text)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from batchsite.backends import common
 from batchsite.backends.base import SubmitIds
+from batchsite.measure import OUT_OF_MEMORY, RoundUsage, UnitMeasure, killed_for_memory
 from batchsite.model import JobState, RoundSpec, RoundStatus, Submission, TaskStatus
 
 
@@ -548,3 +549,99 @@ def diagnose(text: str) -> str | None:
             return msg
     return None
 
+
+
+# ---------------------------------------------------------------------------- measured usage
+
+#: what ``slurm.usage_command`` asks sacct for, in this order (no ``-X``: the ``.batch`` step
+#: carries MaxRSS, the allocation line the state, the request and the limits)
+USAGE_FIELDS = ("JobID", "State", "ExitCode", "ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "TimelimitRaw",
+                "NodeList", "AllocCPUS")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)[cn]?")
+_SIZE_MB = {"": 1 / (1024 * 1024), "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
+
+
+def parse_size_mb(text: str, bare_unit: str = "M") -> float | None:
+    """sacct sizes -> MB: ``64448K``, ``300M``, ``4G``, ``2000Mc`` / ``1000Mn`` (ReqMem per cpu /
+    node); a bare number is in ``bare_unit`` (ReqMem: MB; MaxRSS: bytes, unit ""). None: empty."""
+    m = _SIZE.fullmatch((text or "").strip())
+    if not m:
+        return None
+    return float(m.group(1)) * _SIZE_MB[m.group(2) or bare_unit]
+
+
+def parse_cpu_time(text: str) -> float | None:
+    """sacct ``TotalCPU`` -> seconds: ``MM:SS.mmm``, ``HH:MM:SS``, ``D-HH:MM:SS``."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", (text or "").strip())
+    if not m:
+        return None
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _number(text: str) -> float | None:
+    return float(text) if re.fullmatch(r"\d+(?:\.\d+)?", (text or "").strip()) else None
+
+
+def parse_usage(text: str, sub: Submission) -> RoundUsage:
+    """What ``usage.sh slurm`` printed (``slurm.usage_command``) -> the measured usage of every
+    unit and fan-in of the round, every attempt: a unit rerun by a rescue is measured by its
+    newest job (highest job id). The array ids and offsets come from ``sub`` and the earlier
+    submission records. The allocation line gives state, elapsed time, request, limit, node
+    and cpus; its steps (``.batch``, ``.extern``, ``.0``) the peak RSS. TotalCPU is kept only
+    where some step reported a MaxRSS: without ``jobacct_gather`` Slurm prints 0 for both
+    (``usage_no_gather.txt``), which is no measurement."""
+    sections = common.split_sections(text or "")
+    sacct = sections.get(("sacct", "-"), "")
+    earlier = [ids for ids in common.earlier_submissions(text, parse_submit)]
+    offsets = dict(arrays_of(sub.fanout_id))
+    fanins = {sub.fanin_id} - {None}
+    for ids in earlier:
+        offsets.update((a, off) for a, off in arrays_of(ids.fanout_id) if a not in offsets)
+        fanins |= {ids.fanin_id} - {None}
+    alloc: dict[str, list[str]] = {}
+    rss: dict[str, float] = {}
+    failed = ""
+    for line in sacct.splitlines():
+        if line.startswith("!rc "):
+            failed = f"sacct exited {line[4:].strip()}"
+        parts = line.split("|")
+        if len(parts) < len(USAGE_FIELDS):
+            continue
+        job, _, step = parts[0].partition(".")
+        if step:
+            peak = parse_size_mb(parts[5], bare_unit="")
+            if peak is not None:
+                rss[job] = max(rss.get(job, 0.0), peak)
+        else:
+            alloc[job] = parts
+    newest: dict[int, tuple[int, UnitMeasure]] = {}
+    fanin: tuple[int, UnitMeasure] | None = None
+    for job, parts in alloc.items():
+        base, task = split_job_id(job) or ("", None)
+        if not base:
+            continue
+        measure = _usage_measure(parts, rss.get(job))
+        if task is not None and base in offsets and len(task) == 1:
+            index = offsets[base] + task[0]
+            if index not in newest or int(base) > newest[index][0]:
+                newest[index] = (int(base), measure)
+        elif task is None and base in fanins and (fanin is None or int(base) > fanin[0]):
+            fanin = (int(base), measure)
+    return RoundUsage(units={i: m for i, (_, m) in sorted(newest.items())}, fanin=fanin[1] if fanin else None,
+                      note=failed)
+
+
+def _usage_measure(parts: list[str], peak: float | None) -> UnitMeasure:
+    """One allocation line of ``USAGE_FIELDS`` and its steps' peak RSS (MB)."""
+    ec = parse_exit_code(parts[2])
+    req = parse_size_mb(parts[6])
+    word = task_status(parts[1]).native
+    limit = _number(parts[7])
+    return UnitMeasure(
+        state=word, wall_seconds=_number(parts[3]), cpu_seconds=parse_cpu_time(parts[4]) if peak else None,
+        max_rss_mb=peak, req_mem_mb=int(req) if req else None, time_limit_seconds=limit * 60 if limit else None,
+        cpus=int(parts[9]) if parts[9].isdigit() else None,
+        host=parts[8] if parts[8] and parts[8] != "None assigned" else None,
+        out_of_memory=word == OUT_OF_MEMORY or killed_for_memory(ec is not None and ec[1] == 9, peak, req),
+        source="sacct")

@@ -29,7 +29,7 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from batchsite.ledger.model import BATCHSITE_ACTOR, REPLAN_INPUTS, DecisionRecord, RoundRef
+from batchsite.ledger.model import BATCHSITE_ACTOR, REPLAN_INPUTS, DecisionRecord, RoundRef, UnitUsage
 from batchsite.ledger.store import (
     POSTGRES, LedgerError, LedgerStore, SqliteLedger, default_sqlite_path, with_exit_codes,
 )
@@ -126,13 +126,15 @@ class RoundLedger:
     def observed(self, key: str, status: RoundStatus) -> None:
         _write(f"progress of {key}", lambda s: s.observe(key, status))
 
-    def finished(self, site: Site, sub: Submission, whole: RoundStatus, decision: str) -> None:
-        """The round's end: each unit's final state and exit code. The trigger's last event
+    def finished(self, site: Site, sub: Submission, whole: RoundStatus, decision: str,
+                 usage: dict[int, UnitUsage] | None = None) -> None:
+        """The round's end: each unit's final state, exit code and measured usage (``usage``:
+        ``batchsite.usage.ledger_usage`` of the last attempt). The trigger's last event
         carries counts, not every unit (its size is O(1) in the units), so the units of this
         submission are read in ONE status command; units done in earlier attempts keep theirs."""
         def write(store: LedgerStore) -> None:
             final = with_exit_codes(whole, site.status([sub])[sub.key])
-            store.finish_round(sub.key, final, decision=decision)
+            store.finish_round(sub.key, final, decision=decision, usage=usage)
 
         _write(f"end of {sub.key}", write)
 
@@ -141,6 +143,13 @@ class RoundLedger:
         rec = DecisionRecord(dag_id=self.dag_id, run_id=self.run_id, task_id=self.task_id, round_key=key,
                              kind="failure-policy", action=action, reason=reason, inputs={"failure_ratio": ratio})
         _write(f"decision on {key}", lambda s: s.record_decision(rec))
+
+
+    def sized(self, key: str, reason: str, inputs: dict[str, Any]) -> None:
+        """The next round's requests from this round's measured usage (``sizing.SizingDecision``)."""
+        rec = DecisionRecord(dag_id=self.dag_id, run_id=self.run_id, task_id=self.task_id, round_key=key,
+                             kind="sizing", action="right-size", reason=reason, inputs=inputs)
+        _write(f"right-sizing of {key}", lambda s: s.record_decision(rec))
 
 
 def ledger_for_task(context: Any, site_conn_id: str) -> RoundLedger:

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: who decided, when batchsite did (a human choice names the person)
 BATCHSITE_ACTOR = "batchsite"
-DecisionKind = Literal["replan", "failure-policy", "human"]
+#: "sizing": the next round's requests from a round's measured usage (``batchsite.sizing``)
+DecisionKind = Literal["replan", "failure-policy", "human", "sizing"]
 #: what a replan decision keeps of each partition's collected results, in this order: its
 #: place in the campaign and its convergence metrics (RG: L1 distance and noise; FASER: the
 #: largest relative change of the constants, chi2/ndf)
@@ -134,7 +135,8 @@ class TransitionRecord(Record):
 
 class DecisionRecord(Record):
     """A replan decision with its inputs (convergence metric, failure ratio), a failure-policy
-    decision of a round (rescue, review, abort) or a human choice."""
+    decision of a round (rescue, review, abort), a sizing decision (the measured usage it
+    was made from) or a human choice."""
 
     id: int | None = None
     dag_id: str
