@@ -56,6 +56,10 @@ class SiteConfig(BaseModel):
     mem_mb: int | None = Field(default=None, gt=0)
     cpus: int = Field(default=1, gt=0)
     job_flavour: str | None = None
+    # campaigns (the round loop): carry a round's measured sizing into the next round's unit
+    # resources the campaign left unset. Off by default: a campaign's rounds may grow (RG
+    # doubles its samples); the OOM rescue is the safety net when they do
+    right_size: Literal["off", "memory", "all"] = "off"
     # watching
     poll_interval: float = Field(default=10.0, ge=0.2, le=3600)
     outage_grace: float = Field(default=900.0, ge=0, le=7 * 86400)
@@ -153,6 +157,7 @@ def local_site_config(root: str | None = None) -> SiteConfig:
         remote_root=os.path.abspath(root), poll_interval=float(os.environ.get("BATCHSITE_LOCAL_POLL", "1")),
         # the interpreter running Airflow has numpy; a bare python3 on a fresh machine may not
         python=os.environ.get("BATCHSITE_LOCAL_PYTHON", sys.executable),
+        right_size=os.environ.get("BATCHSITE_LOCAL_RIGHT_SIZE", "off"),
     )
 
 

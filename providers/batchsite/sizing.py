@@ -154,3 +154,44 @@ def blocked_hosts(usage: RoundUsage, status: RoundStatus, *, min_failures: int =
                  if sum(failed) >= min_failures and sum(failed) / len(failed) >= min_share)
     healthy = any(not all(failed) for h, failed in ran.items() if h not in bad)
     return bad if healthy else []
+
+
+#: what a site lets the round loop carry from one campaign round to the next (``SiteConfig.right_size``)
+SIZING_SCOPES = ("off", "memory", "all")
+
+
+def most_demanding(decisions: list[SizingDecision | None]) -> SizingDecision | None:
+    """One request for a campaign's next round from the decisions of this round's partitions
+    (e.g. the EXP shifts): the largest of each measured figure, so no partition is starved.
+    None when nothing was measured."""
+    made = [d for d in decisions if d is not None]
+    if not made:
+        return None
+
+    def largest(field: str) -> int | None:
+        values = [getattr(d, field) for d in made if getattr(d, field) is not None]
+        return max(values) if values else None
+
+    flavours = [d.job_flavour for d in made if d.job_flavour is not None]
+    flavour = max(flavours, key=lambda f: FLAVOUR_MINUTES[f]) if flavours else None
+    first = max(made, key=lambda d: d.mem_mb or 0)  # whose inputs the combined decision shows
+    notes = first.notes if len(made) == 1 else [f"the largest of {len(made)} partitions' decisions", *first.notes]
+    return SizingDecision(inputs=first.inputs, mem_mb=largest("mem_mb"), time_minutes=largest("time_minutes"),
+                          job_flavour=flavour, cpus=largest("cpus"), notes=notes)
+
+
+def fill_unset(asked: ResourceRequest | None, decision: SizingDecision, scope: str) -> ResourceRequest:
+    """A campaign round's unit resources with the previous round's measured sizing in the
+    fields the campaign left unset: an explicit request (a ``mem_mb`` Param, the group's own
+    ``--mem``) always wins. ``scope`` ``memory``: memory only; ``all``: also wall time, the
+    JobFlavour and cpus."""
+    if scope not in SIZING_SCOPES:
+        raise ValueError(f"right_size={scope!r}: one of {', '.join(SIZING_SCOPES)}")
+    asked = asked or ResourceRequest()
+    if scope == "off":
+        return asked
+    measured = {"mem_mb": decision.mem_mb}
+    if scope == "all":
+        measured.update(time_minutes=decision.time_minutes, job_flavour=decision.job_flavour, cpus=decision.cpus)
+    fill = {k: v for k, v in measured.items() if v is not None and getattr(asked, k) is None}
+    return asked.model_copy(update=fill)

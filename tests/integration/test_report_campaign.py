@@ -2,7 +2,8 @@
 writes the PNGs and report.json next to the outputs and lists them in the task log, emits the
 outputs' Asset event with the final statistics (read back from the Airflow DB the run used),
 ``batchsite report <run>`` prints it from the ledger's record, and the downstream
-``campaign_outputs`` DAG reads the event's metadata."""
+``campaign_outputs`` DAG reads the event's metadata. The site right-sizes (``right_size``
+``memory``): round 2 asks the memory round 1's units measured (the runner's rusage) x 1.2."""
 
 from __future__ import annotations
 
@@ -35,12 +36,22 @@ def test_rg_campaign_report_plots_asset_event_cli_and_downstream_dag(airflow_hom
     monkeypatch.setenv("BATCHSITE_LOCAL_ROOT", str(root))
     monkeypatch.setenv("BATCHSITE_LEDGER_PATH", str(tmp_path / "ledger.sqlite"))
     monkeypatch.delenv("AIRFLOW_CONN_BATCHSITE_LEDGER", raising=False)
+    monkeypatch.setenv("BATCHSITE_LOCAL_RIGHT_SIZE", "memory")
     home = clone_airflow_home(airflow_home, tmp_path / "airflow")  # this test's own asset events
 
     r = dags_test(home, "rg_campaign", CONF, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "state=success" in out, out[-5000:]
-    (campaign,) = SqliteLedger(tmp_path / "ledger.sqlite").list_campaigns()
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    (campaign,) = ledger.list_campaigns()
+
+    # right-sizing: round 1's decision from its units' measured peak RSS is round 2's request
+    first_sizing = next(d for d in ledger.campaign(campaign.run_id).decisions if d.kind == "sizing")
+    measured_mb = first_sizing.inputs["mem_mb"]
+    assert measured_mb >= 128 and first_sizing.inputs["inputs"]["measured_units"] == 4, first_sizing
+    assert f"right-sizing (memory) from the previous round's measured usage: memory default -> {measured_mb} MB" \
+        in out, out[-5000:]
+    assert f"'mem_mb': {measured_mb}," in out
 
     # on the site, next to the outputs: report.json and the plots it lists, each a PNG
     outputs = root / "job_outputs" / "report_it" / "FP"

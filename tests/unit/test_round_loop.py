@@ -66,3 +66,21 @@ def test_two_rounds_build_the_expected_tasks():
 def test_group_names_follow_the_campaign():
     dag = build(group_name=lambda r: f"iter{r:02d}")
     assert {"iter01.submit", "iter02.collect"} <= set(dag.task_ids)
+
+
+def test_the_loop_carries_a_rounds_sizing_to_the_next_prepare_and_hides_it_from_the_campaign():
+    from batchsite.operators.round_loop import SIZING_KEY, carry_sizing, sized_request, split_sizing
+    from batchsite.sizing import SizingDecision, SizingInputs
+
+    decision = SizingDecision(inputs=SizingInputs(measured_units=4, percentile=95, peak_rss_mb=413.0, requested_cpus=1),
+                              mem_mb=496, time_minutes=1, notes=["memory 300 -> 496 MB"])
+    nxt = carry_sizing([{"step": 2}, {"step": 2, "shift": 0.3}], decision)
+    assert all(p[SIZING_KEY]["mem_mb"] == 496 for p in nxt)
+    assert carry_sizing([{"step": 2}], None) == [{"step": 2}]  # nothing measured: nothing carried
+    partition, carried = split_sizing(nxt[1])
+    assert partition == {"step": 2, "shift": 0.3} and carried == decision
+    request = {"units": [["true"]], "resources": {"mem_mb": None, "time_minutes": 30}}
+    assert sized_request(request, carried, "off") is request
+    sized = sized_request(request, carried, "memory")
+    assert sized["resources"]["mem_mb"] == 496 and sized["resources"]["time_minutes"] == 30
+    assert sized_request({"units": [["true"]]}, carried, "all")["resources"]["time_minutes"] == 1

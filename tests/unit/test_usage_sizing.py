@@ -273,3 +273,39 @@ def test_sizing_cpus_from_efficiency_and_flavour_from_wall_time():
     assert (d.job_flavour, d.time_minutes) == ("microcentury", FLAVOUR_MINUTES["microcentury"])
     slurm_d = right_size(RoundUsage(units=units), Resources(cpus=4, time_minutes=20), "slurm")
     assert slurm_d.time_minutes == 26 and slurm_d.job_flavour is None and slurm_d.mem_mb == 1080
+
+
+def _decision(mem: int | None, minutes: int | None = None, flavour: str | None = None, cpus: int | None = None):
+    from batchsite.sizing import SizingDecision, SizingInputs
+
+    inputs = SizingInputs(measured_units=3, percentile=95, peak_rss_mb=(mem or 0) / 1.2, requested_cpus=1)
+    return SizingDecision(inputs=inputs, mem_mb=mem, time_minutes=minutes, job_flavour=flavour, cpus=cpus,
+                          notes=[f"memory -> {mem} MB"])
+
+
+def test_the_most_demanding_of_the_partitions_decisions():
+    from batchsite.sizing import most_demanding
+
+    assert most_demanding([None, None]) is None
+    one = _decision(500)
+    assert most_demanding([one, None]) == one
+    combined = most_demanding([_decision(500, 10, "espresso", 1), _decision(900, 5, "longlunch"), None])
+    assert (combined.mem_mb, combined.time_minutes, combined.job_flavour, combined.cpus) == (900, 10, "longlunch", 1)
+    assert combined.notes[0] == "the largest of 2 partitions' decisions"
+
+
+def test_measured_sizing_fills_only_what_the_campaign_left_unset():
+    from batchsite.rounds import ResourceRequest
+    from batchsite.sizing import fill_unset
+
+    decision = _decision(496, 2, "espresso", 1)
+    assert fill_unset(None, decision, "off") == ResourceRequest()
+    assert fill_unset(None, decision, "memory") == ResourceRequest(mem_mb=496)
+    assert fill_unset(None, decision, "all") == ResourceRequest(mem_mb=496, time_minutes=2, job_flavour="espresso",
+                                                                cpus=1)
+    # an explicit request (a mem_mb Param, the group's own --mem) wins over the measurement
+    explicit = ResourceRequest(mem_mb=3988, time_minutes=60)
+    assert fill_unset(explicit, decision, "all") == ResourceRequest(mem_mb=3988, time_minutes=60,
+                                                                    job_flavour="espresso", cpus=1)
+    with pytest.raises(ValueError, match="right_size='always': one of off, memory, all"):
+        fill_unset(None, decision, "always")
