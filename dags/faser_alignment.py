@@ -15,31 +15,30 @@ import pendulum
 from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
 from batchsite.campaign.faser import MAX_ITERATIONS, FaserParams
-from batchsite.campaign.restart import param_schema
+from batchsite.campaign.common import param_kwargs
 from batchsite.operators.notify import notify_failure
 from batchsite.operators.round_loop import round_loop
 from batchsite.report.model import FASER_OUTPUTS_ALIAS
 
-PARAMS = {
-    "year": Param(2023, type="integer", minimum=2022, maximum=2040, title="Year (-y)"),
-    "run": Param("011705", type="string", pattern=r"^[0-9]{1,6}$", title="Run (-r)",
-                 description="zero-padded to 6 digits: 11705 -> 011705"),
-    "files": Param("400-406", type="string", pattern=r"^[0-9]{1,6}([-:][0-9]{1,6})?$", title="Raw files (-f)",
-                   description="400, 400-450 or 400:450. END IS EXCLUSIVE, as dag_manager.py: "
-                               "400-450 = the 50 files 400..449"),
-    "iterations": Param(10, type="integer", minimum=1, maximum=MAX_ITERATIONS, title="Max iterations (-i)"),
-    "fourst": Param(False, type="boolean", title="4-station mode (--fourst)"),
-    "threest": Param(False, type="boolean", title="3-station mode (--threest, the default)"),
-    "tolerance": Param(0.001, type="number", exclusiveMinimum=0, title="Stop when constants change less than",
-                       description="largest relative change between iterations; 0.001 = 0.1%"),
-    "site_conn_id": Param("local", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                          title="Site connection"),
-    "config": Param({}, type="object", title="config.json",
-                    description="sections paths / htcondor / alignment / storage, as the group's config.json"),
-    "max_rescues": Param(2, type="integer", minimum=0, maximum=10, title="Rescue rounds per iteration"),
-    # the schema is the model's field: the form and the first task's check share the bounds
-    "start_iteration": Param(None, **param_schema(FaserParams, "start_iteration"), title="Restart from iteration"),
+#: the form's text of each Param (title, description); its JSON schema and default are the
+#: model's field (``param_kwargs``), so the form and the first task's check never drift
+FORM = {
+    "year": ("Year (-y)", None),
+    "run": ("Run (-r)", "zero-padded to 6 digits: 11705 -> 011705"),
+    "files": ("Raw files (-f)", "400, 400-450 or 400:450. END IS EXCLUSIVE, as dag_manager.py: "
+                                "400-450 = the 50 files 400..449"),
+    "iterations": ("Max iterations (-i)", None),
+    "fourst": ("4-station mode (--fourst)", None),
+    "threest": ("3-station mode (--threest, the default)", None),
+    "tolerance": ("Stop when constants change less than",
+                  "largest relative change between iterations; 0.001 = 0.1%"),
+    "site_conn_id": ("Site connection", None),
+    "config": ("config.json", "sections paths / htcondor / alignment / storage, as the group's config.json"),
+    "max_rescues": ("Rescue rounds per iteration", None),
+    "start_iteration": ("Restart from iteration", None),
 }
+PARAMS = {name: Param(**{**param_kwargs(FaserParams, name), "title": title, **({"description": d} if d else {})})
+          for name, (title, d) in FORM.items()}
 
 
 def _params() -> dict:

@@ -15,47 +15,45 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
-from batchsite.campaign.restart import param_schema
-from batchsite.campaign.rg import MAX_ROUNDS, MAX_STEPS, RGParams
+from batchsite.campaign.common import param_kwargs
+from batchsite.campaign.rg import MAX_ROUNDS, RGParams
 from batchsite.operators.notify import notify_failure
 from batchsite.operators.round_loop import round_loop
 from batchsite.report.model import RG_OUTPUTS_ALIAS
 
-PARAMS = {
-    "type": Param("FP", enum=["FP", "EXP"], title="Run type",
-                  description="FP: fixed-point distribution; EXP: shifted runs for the critical exponent"),
-    "version": Param("v1", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", title="Version",
-                     description="Output folder name: job_outputs/<version>/<type>/"),
-    "steps": Param(4, type="integer", minimum=1, maximum=MAX_STEPS, title="RG steps (max)"),
-    "samples": Param(100000, type="integer", minimum=100, title="Samples per RG step"),
-    "batches": Param(32, type="integer", minimum=1, maximum=1000, title="Generation batches per step"),
-    "throttle": Param(4, type="integer", minimum=1, title="Batches running at once (array %throttle)"),
-    "seed": Param(1, type="integer", minimum=0, title="Seed"),
-    "method": Param("analytic", enum=["analytic", "numerical"], title="Method"),
-    "site_conn_id": Param("local", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                          title="Site connection", description="'local' = this machine, no daemons"),
-    "shifts": Param([], type="array", items={"type": "number"}, title="Shifts (EXP only)"),
-    "tolerance": Param(0.02, type="number", exclusiveMinimum=0, title="Convergence tolerance (L1 of P(z))"),
-    "fp_version": Param(None, type=["null", "string"], title="FP version seeding EXP (default: version)"),
-    "time_minutes": Param(None, type=["null", "integer"], minimum=1, title="Time limit per job (min)"),
-    "mem_mb": Param(None, type=["null", "integer"], minimum=1, title="Memory per job (MB)"),
-    "max_samples": Param(10**8, type="integer", minimum=100, title="Samples per step at most",
-                         description="the replan doubles the samples while the change is within the noise, "
-                                     "up to this"),
-    "max_repairs": Param(2, type="integer", minimum=0, maximum=5, title="Repair rounds per step at most"),
-    "code_dir": Param(None, type=["null", "string"], title="Your own source/ package (local dir)",
-                      description="staged to <remote_root>/code/source instead of the reference payload"),
-    "commands": Param(None, type=["null", "object"], title="Job command templates",
-                      description='{"generate": [...argv...], "aggregate": [...]}; placeholders such as '
-                                  '{python} {batch_root} {out_dir} {step} {batch} {samples} {seed} {input_hist}'),
-    "group": Param(None, type=["null", "object"], title="The group's own Taskfarm chain",
-                   description='run the group\'s rg_gen_batch.sh / rg_hist_manager.sh / gen_shifted_data.sh '
-                               'unchanged: {"repo_root": "/site/path/PX402-RGCC", "expr": "shaw", '
-                               '"env_script": "/site/path/rg-env.sh", "config": {...}}; see the README, '
-                               '"RG: run your own chain"'),
-    # the schema is the model's field: the form and the first task's check share the bounds
-    "start_step": Param(None, **param_schema(RGParams, "start_step"), title="Restart from RG step"),
+#: the form's text of each Param (title, description); its JSON schema and default are the
+#: model's field (``param_kwargs``), so the form and the first task's check never drift
+FORM = {
+    "type": ("Run type", "FP: fixed-point distribution; EXP: shifted runs for the critical exponent"),
+    "version": ("Version", "Output folder name: job_outputs/<version>/<type>/"),
+    "steps": ("RG steps (max)", None),
+    "samples": ("Samples per RG step", None),
+    "batches": ("Generation batches per step", None),
+    "throttle": ("Batches running at once (array %throttle)", None),
+    "seed": ("Seed", None),
+    "method": ("Method", None),
+    "site_conn_id": ("Site connection", "'local' = this machine, no daemons"),
+    "shifts": ("Shifts (EXP only)", None),
+    "tolerance": ("Convergence tolerance (L1 of P(z))", None),
+    "fp_version": ("FP version seeding EXP (default: version)", None),
+    "time_minutes": ("Time limit per job (min)", None),
+    "mem_mb": ("Memory per job (MB)", None),
+    "max_samples": ("Samples per step at most",
+                    "the replan doubles the samples while the change is within the noise, up to this"),
+    "max_repairs": ("Repair rounds per step at most", None),
+    "code_dir": ("Your own source/ package (local dir)",
+                 "staged to <remote_root>/code/source instead of the reference payload"),
+    "commands": ("Job command templates",
+                 '{"generate": [...argv...], "aggregate": [...]}; placeholders such as '
+                 '{python} {batch_root} {out_dir} {step} {batch} {samples} {seed} {input_hist}'),
+    "group": ("The group's own Taskfarm chain",
+              'run the group\'s rg_gen_batch.sh / rg_hist_manager.sh / gen_shifted_data.sh '
+              'unchanged: {"repo_root": "/site/path/PX402-RGCC", "expr": "shaw", '
+              '"env_script": "/site/path/rg-env.sh", "config": {...}}; see the README, "RG: run your own chain"'),
+    "start_step": ("Restart from RG step", None),
 }
+PARAMS = {name: Param(**{**param_kwargs(RGParams, name), "title": title, **({"description": d} if d else {})})
+          for name, (title, d) in FORM.items()}
 
 
 def _params() -> dict:

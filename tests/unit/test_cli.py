@@ -31,12 +31,12 @@ def _all_files(root: Path) -> list[Path]:
 
 
 def _dag_params_keys() -> list[str]:
-    """The keys of PARAMS in dags/faser_alignment.py, read without importing Airflow."""
+    """The Params of dags/faser_alignment.py (one per key of its FORM), read without importing Airflow."""
     tree = ast.parse((REPO / "dags" / "faser_alignment.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PARAMS" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FORM" for t in node.targets):
             return [k.value for k in node.value.keys]
-    raise AssertionError("no PARAMS in dags/faser_alignment.py")
+    raise AssertionError("no FORM in dags/faser_alignment.py")
 
 
 @pytest.mark.parametrize("files", ["400-450", "400:450"])

@@ -92,6 +92,41 @@ def check_token(field: str, value: str) -> str:
     return value
 
 
+# ---------------------------------------------------------------------------- Params
+
+def param_schema(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """One field of a params model as the JSON schema keywords of an Airflow ``Param``, so the
+    UI form and the server-side check (the model, in the campaign's first task) share their
+    bounds: ``int | None`` with ``ge``/``le`` becomes ``type: ["null", "integer"]`` with
+    ``minimum``/``maximum``; a nested model is an ``object`` (the model checks its fields).
+    Cross-field rules (start_step <= the last step) stay the model's."""
+    schema = model.model_json_schema()["properties"][name]
+    out = {k: v for k, v in schema.items() if k not in ("anyOf", "default", "title", "$ref")}
+    if "$ref" in schema:
+        out["type"] = "object"
+    variants = schema.get("anyOf")
+    if variants:
+        types = []
+        for v in variants:
+            types.append("object" if "$ref" in v else v["type"])
+            out.update({k: val for k, val in v.items() if k not in ("type", "$ref", "title")})
+        out["type"] = sorted(types, key=lambda t: t != "null")
+    return out
+
+
+def param_kwargs(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """``Param(**param_kwargs(Model, name), title=...)``: the field's default and JSON schema."""
+    default = model.model_fields[name].get_default(call_default_factory=True)
+    return {"default": default, **param_schema(model, name)}
+
+
+def schema_pattern(regex: re.Pattern[str]) -> dict[str, dict[str, str]]:
+    """``Field(**schema_pattern(RE))``: the JSON-schema form of a rule the field checks with a
+    validator of its own (whose message says how to fix the value), so the form refuses the
+    same values and the model keeps its message."""
+    return {"json_schema_extra": {"pattern": regex.pattern}}
+
+
 # ---------------------------------------------------------------------------- paths
 
 #: what a path given in campaign config may contain: it ends up in job scripts, submit files

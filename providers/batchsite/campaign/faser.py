@@ -34,7 +34,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchsite.campaign.common import (
-    CampaignConfigError, CampaignSetup, check_site_path, check_token, explain_validation, render_argv, short,
+    SAFE_TOKEN, CampaignConfigError, CampaignSetup, check_site_path, check_token, explain_validation, render_argv,
+    schema_pattern, short,
 )
 from batchsite.rounds import RescuePolicy, ResourceRequest, RoundRequest
 
@@ -267,10 +268,15 @@ def parse_config(raw: dict[str, Any] | None) -> FaserConfig:
 
 # ---------------------------------------------------------------------------- params
 
+#: raw files: N, START-END or START:END (END exclusive); a run number: 1-6 digits
+FILES_PATTERN = re.compile(r"^([0-9]{1,6})(?:([-:])([0-9]{1,6}))?$")
+RUN_PATTERN = re.compile(r"^[0-9]{1,6}$")
+
+
 def parse_files(spec: str) -> list[int]:
     """``400`` / ``400-450`` / ``400:450`` -> raw file numbers (end-exclusive)."""
     s = str(spec).strip()
-    m = re.fullmatch(r"([0-9]{1,6})(?:([-:])([0-9]{1,6}))?", s)
+    m = FILES_PATTERN.fullmatch(s)
     if not m:
         raise ValueError(f"files={short(spec)}: use N, START-END or START:END with digits only (END exclusive)")
     start = int(m.group(1))
@@ -287,7 +293,7 @@ def parse_files(spec: str) -> list[int]:
 def pad_run(run: str | int) -> str:
     ok = isinstance(run, str) or (isinstance(run, int) and not isinstance(run, bool) and 0 <= run < 10**6)
     s = str(run).strip() if ok else ""
-    if not re.fullmatch(r"[0-9]{1,6}", s):
+    if not RUN_PATTERN.fullmatch(s):
         raise ValueError(f"run={short(run)}: a run number has 1-6 digits (it is zero-padded to 6: 11705 -> 011705)")
     return s.zfill(6)
 
@@ -296,13 +302,13 @@ class FaserParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     year: int = Field(default=2023, ge=2022, le=2040)
-    run: str = "011705"
-    files: str = "400-406"
+    run: str = Field(default="011705", **schema_pattern(RUN_PATTERN))
+    files: str = Field(default="400-406", **schema_pattern(FILES_PATTERN))
     iterations: int = Field(default=10, ge=1, le=MAX_ITERATIONS)
     fourst: bool = False
     threest: bool = False
     tolerance: float = Field(default=0.001, gt=0, le=1)
-    site_conn_id: str = "local"
+    site_conn_id: str = Field(default="local", **schema_pattern(SAFE_TOKEN))
     config: dict[str, Any] = Field(default_factory=dict)
     max_rescues: int = Field(default=2, ge=0, le=10)
     #: restart from this iteration (campaign/restart.py): iteration start_iteration - 1's constants

@@ -40,7 +40,7 @@ from batchsite.campaign.rg import MAX_STEPS, RGParams, output_dirs
 from batchsite.campaign.rg_layout import group_laundered_dir, group_step_dir
 from batchsite.shellscripts import load
 
-if TYPE_CHECKING:  # the DAG files import this module for param_schema: keep their parsing light
+if TYPE_CHECKING:
     from batchsite.site import Site
 
 SCRIPT = "restart.sh"
@@ -212,22 +212,3 @@ def faser_restart_plan(params: FaserParams, remote_root: str) -> RestartPlan | N
     fix = (f"Restart from an iteration whose previous iteration wrote its constants (start_iteration={k - 1} "
            f"reruns iteration {k - 1}), or leave start_iteration unset to run from iteration 1.")
     return RestartPlan(param=f"start_iteration={k}", previous=previous, fix=fix, needs=needs, aside=aside)
-
-
-# ---------------------------------------------------------------------------- Params
-
-def param_schema(model: type[BaseModel], name: str) -> dict[str, Any]:
-    """One field of a params model as the keywords of an Airflow ``Param`` (JSON schema), so the
-    UI form and the server-side check (the model, in the campaign's first task) share their
-    bounds: ``int | None`` with ``ge``/``le`` becomes ``type: ["null", "integer"]`` with
-    ``minimum``/``maximum``. Cross-field rules (start_step <= the last step) stay the model's."""
-    schema = model.model_json_schema()["properties"][name]
-    out = {k: v for k, v in schema.items() if k not in ("anyOf", "default", "title")}
-    variants = schema.get("anyOf")
-    if variants:
-        types = []
-        for v in variants:
-            types.append(v["type"])
-            out.update({k: val for k, val in v.items() if k != "type"})
-        out["type"] = sorted(types, key=lambda t: t != "null")
-    return out

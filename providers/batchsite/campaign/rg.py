@@ -28,8 +28,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchsite.campaign.common import (
-    SAFE_PATH, CampaignConfigError, CampaignSetup, check_argv_template, check_token, explain_validation, render_argv,
-    short,
+    SAFE_PATH, SAFE_TOKEN, CampaignConfigError, CampaignSetup, check_argv_template, check_token, explain_validation,
+    render_argv, schema_pattern, short,
 )
 from batchsite.campaign.rg_group import (
     GEN_SCRIPT, HIST_SCRIPT, PERTURB_SCRIPT, WRAPPER, RGGroupChain, geometry, job_argv, to_yaml, updated_config,
@@ -71,17 +71,17 @@ class RGParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["FP", "EXP"] = "FP"
-    version: str = "v1"
+    version: str = Field(default="v1", **schema_pattern(SAFE_TOKEN))
     steps: int = Field(default=4, ge=1, le=MAX_STEPS)
     samples: int = Field(default=100_000, ge=100, le=MAX_SAMPLES, description="samples per RG step")
     batches: int = Field(default=32, ge=1, le=MAX_BATCHES)
     throttle: int = Field(default=4, ge=1, le=MAX_BATCHES)
     seed: int = Field(default=1, ge=0, le=MAX_SEED)
     method: Literal["analytic", "numerical"] = "analytic"
-    site_conn_id: str = "local"
+    site_conn_id: str = Field(default="local", **schema_pattern(SAFE_TOKEN))
     shifts: list[float] = Field(default_factory=list, max_length=64)
     tolerance: float = Field(default=0.02, gt=0, le=2)
-    fp_version: str | None = None
+    fp_version: str | None = Field(default=None, **schema_pattern(SAFE_TOKEN))
     max_samples: int = Field(default=10**8, ge=100, le=MAX_SAMPLES)
     max_repairs: int = Field(default=2, ge=0, le=5)
     time_minutes: int | None = Field(default=None, gt=0, le=60 * 24 * 7)
