@@ -37,7 +37,7 @@ from .client import AirflowClient
 
 ADMIN = "admin"
 #: the DAGs every deployment test needs parsed before it starts
-REQUIRED_DAGS = ("rg_campaign", "batchsite_headline")
+REQUIRED_DAGS = ("rg_campaign", "batchsite_headline", "campaign_outputs")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 START_TIMEOUT = float(os.environ.get("BATCHSITE_DEPLOYMENT_START_TIMEOUT", "180"))
 STOP_TIMEOUT = 20.0
@@ -246,6 +246,7 @@ def deployment(site_info, condor_pool, tmp_path_factory) -> Iterator[Deployment]
         # the same Slurm site polled every 10 s: a trigger that is still watching when a test
         # kills the triggerer (test_triggerer_killed_while_a_round_is_deferred)
         "AIRFLOW_CONN_SLURM_SITE_SLOW_POLL": json.dumps(site_conn(condor_pool, "slurm", poll_interval=10)),
+        "AIRFLOW_CONN_CONDOR_SITE_SLOW_POLL": json.dumps(site_conn(condor_pool, "htcondor", poll_interval=10)),
     })
     dep = Deployment(home=home, base_url=base_url, env=env, admin_password=admin_password, site=condor_pool,
                      local_root=local_root)

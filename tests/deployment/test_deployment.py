@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from ..airflow_runs import slurm_jobs_named
+from ..airflow_runs import dagman_jobs, slurm_jobs_named
 from ..conftest import on_site, site_conn
-from ..reliability.counting import slurm_round
+from ..reliability.counting import round_count
 from .client import AirflowClient
 
 DAG = "rg_campaign"
@@ -47,6 +47,10 @@ def _wait(deployment, client: AirflowClient, run_id: str, timeout: float = 300, 
 
 def _assert_success(client: AirflowClient, run_id: str, run: dict) -> None:
     assert run["state"] == "success", client.failure_report(DAG, run_id)
+
+
+#: the DAG scheduled on the campaigns' output aliases (dags/campaign_outputs.py)
+DOWNSTREAM = "campaign_outputs"
 
 
 def _round_keys(site: dict, version: str, step: int) -> list[str]:
@@ -103,12 +107,36 @@ def campaign_runs(deployment) -> dict[str, TriggeredRun]:
     """The local and the Slurm campaign, triggered one right after the other; each test waits
     for its own run."""
     client = deployment.client()
+    # scheduled on the campaigns' output aliases: each run's report task should start it
+    client.unpause(DOWNSTREAM)
     runs = {}
     for site, conf in (("local", _local_conf), ("slurm", _slurm_conf)):
         version = f"d{site[0]}{uuid.uuid4().hex[:6]}"
         runs[site] = TriggeredRun(version, _trigger(client, conf(version)), time.monotonic())
     client.close()
     return runs
+
+
+def test_each_campaigns_outputs_asset_event_starts_the_downstream_dag(deployment, campaign_runs):
+    """The report task emits its outputs' Asset event through the alias; the real scheduler
+    starts ``campaign_outputs`` (scheduled on that alias) for it, which prints the final
+    statistics of that run's outputs."""
+    client = deployment.client()
+    for triggered in campaign_runs.values():
+        _assert_success(client, triggered.run_id, _wait(deployment, client, triggered.run_id))
+    wanted = {f"RG FP {t.version} (rg_campaign / {t.run_id})" for t in campaign_runs.values()}
+    found: set[str] = set()
+    deadline = time.monotonic() + 180
+    while found != wanted:
+        deployment.fail_if_dead()
+        runs = client.request("GET", f"/dags/{DOWNSTREAM}/dagRuns", params={"limit": 100})["dag_runs"]
+        for run in runs:
+            assert run["run_type"] == "asset_triggered" and run["state"] != "failed", run
+            if run["state"] == "success":
+                log = client.task_log(DOWNSTREAM, run["dag_run_id"], "final_statistics", -1, 1)
+                found |= {w for w in wanted if w in log}
+        assert time.monotonic() < deadline, f"asset-triggered {DOWNSTREAM} runs saw {found}, not {wanted}: {runs}"
+        time.sleep(1)
 
 
 def test_the_connection_forms_test_button_reaches_the_slurm_site(deployment):
@@ -163,11 +191,13 @@ def test_rg_campaign_on_slurm_watched_by_one_triggerer(deployment, campaign_runs
         assert len(slurm_jobs_named(site, keys[0])) == 2
 
 
-def test_triggerer_killed_while_a_round_is_deferred(deployment, fault_record):
+@pytest.mark.parametrize("scheduler", ["slurm", "htcondor"])
+def test_triggerer_killed_while_a_round_is_deferred(deployment, fault_record, scheduler):
     """Fault 11: SIGKILL the `airflow triggerer` while it watches round 1, start another: the new
-    triggerer resumes the serialized trigger, the run succeeds, and the round ran as ONE array +
-    ONE fan-in job (nothing resubmitted), every unit COMPLETED (counted in sacct)."""
-    row = fault_record(11, "slurm, real `airflow triggerer`")
+    triggerer resumes the serialized trigger, the run succeeds, and the round ran as submitted
+    once (Slurm: ONE array + ONE fan-in job; HTCondor: ONE DAGMan job), every unit completed
+    (counted in sacct / condor_history)."""
+    row = fault_record(11, f"{scheduler}, real `airflow triggerer`")
     client = deployment.client()
     site = deployment.site
     version = f"dk{uuid.uuid4().hex[:6]}"
@@ -175,7 +205,8 @@ def test_triggerer_killed_while_a_round_is_deferred(deployment, fault_record):
     # the slow-poll connection (poll_interval 10 s): after its first look the trigger sleeps, so
     # the round is still being watched when the kill comes
     t0 = time.monotonic()
-    run_id = _trigger(client, _slurm_conf(version, conn_id="slurm_site_slow_poll", steps=1))
+    conn_id = f"{'slurm' if scheduler == 'slurm' else 'condor'}_site_slow_poll"
+    run_id = _trigger(client, _slurm_conf(version, conn_id=conn_id, steps=1))
     killed: dict[str, float] = {}
 
     def kill_once_watched(tis: list[dict]) -> None:
@@ -206,13 +237,16 @@ def test_triggerer_killed_while_a_round_is_deferred(deployment, fault_record):
     assert _trigger_starts(log, run_id, task_id) >= 2, log[-3000:]
     owners = _trigger_log_owners(deployment, run_id, task_id)
     assert str(alive[0]["id"]) in owners and len(owners) >= 2, owners
-    # nothing resubmitted: one submission in the task's log, one array + one fan-in on Slurm
+    # nothing resubmitted: one submission in the task's log, one array + one fan-in on Slurm,
+    # one DAGMan job on HTCondor
     assert len(re.findall(r"RG step 1: submitted round", log)) == 1, log[-3000:]
     keys = _round_keys(site, version, 1)
     assert len(keys) == 1, keys
-    counted = slurm_round(site, keys[0], _slurm_conf(version)["batches"])
+    counted = round_count(site, scheduler, keys[0], _slurm_conf(version)["batches"])
     row.jobs_lost, row.double_submissions = counted.lost, counted.double
+    jobs = (f"{len(slurm_jobs_named(site, keys[0]))} Slurm jobs (array + fan-in)" if scheduler == "slurm"
+            else f"{len(dagman_jobs(site, keys[0]))} DAGMan job(s)")
     row.measured = (f"SIGKILL {killed['at'] - t0:.0f} s after the trigger request, {_trigger_starts(log, run_id, task_id)} "
                     f"trigger starts by {len(owners)} triggerers; run done {done - killed['at']:.0f} s after the kill; "
-                    f"{len(slurm_jobs_named(site, keys[0]))} Slurm jobs (array + fan-in)")
+                    f"{jobs}")
     assert (counted.lost, counted.double) == (0, 0), counted.states
