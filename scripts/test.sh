@@ -8,4 +8,4 @@ bash scripts/bootstrap.sh
 trap 'bash tests/site/site.sh stop >/dev/null 2>&1 || true' EXIT
 bash tests/site/site.sh start
 export BATCHSITE_REQUIRE_SITE=1   # a site that cannot start fails the run; nothing is skipped
-.venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=25 "$@"

@@ -69,7 +69,8 @@ def test_rg_campaign_report_plots_asset_event_cli_and_downstream_dag(airflow_hom
 
     # the Asset event, through the alias, with the final statistics as metadata
     uri = f"batchsite://local{outputs}"
-    (event,) = asset_events(home)
+    # (the AIRFLOW_HOME is a copy of the session's: earlier tests' campaigns emitted events too)
+    (event,) = [e for e in asset_events(home) if e["source_run_id"] == campaign.run_id]
     assert (event["uri"], event["alias"], event["source_dag_id"], event["source_task_id"], event["source_run_id"]) \
         == (uri, "batchsite-rg-outputs", "rg_campaign", "report", campaign.run_id)
     extra = event["extra"]

@@ -63,6 +63,20 @@ def test_run_quotes_arguments_and_reports_exit_codes(kind, site_info, conn_env, 
         t.close()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_written_after_the_exit_status_is_not_cut(kind, site_info, conn_env, tmp_path):
+    """sshd sends a command's exit status when its process ends, and the output still in its
+    pipes after that: here a child the shell left behind writes the last line 0.3 s after the
+    exit. The paramiko transport stopped reading at the exit status and lost it (under load it
+    also cut large outputs short: a status or a histogram read in half)."""
+    t = make(kind, site_info, conn_env, tmp_path)
+    try:
+        r = t.run(["sh", "-c", "echo first; (sleep 0.3; echo last-line) & exit 0"])
+        assert (r.returncode, r.out.split()) == (0, ["first", "last-line"])
+    finally:
+        t.close()
+
+
 @pytest.mark.parametrize("kind", ["ssh", "openssh"])
 def test_changed_host_key_fails_with_the_fix(kind, site_info, conn_env, tmp_path, monkeypatch):
     wrong = tmp_path / "known_hosts"

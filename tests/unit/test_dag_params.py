@@ -62,3 +62,13 @@ def test_the_faser_form_refuses_what_the_first_task_refuses(name, bad):
         param.resolve(bad)
     with pytest.raises(ValidationError, match=name):
         FaserParams.model_validate({name: bad})
+
+
+def test_the_nightly_checks_fixed_conf_passes_both_checks_of_rg_campaign():
+    spec = importlib.util.spec_from_file_location("dag_rg_nightly_check", REPO / "dags" / "rg_nightly_check.py")
+    nightly = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nightly)
+    params = dag_params("rg_campaign")
+    for name, value in nightly.NIGHTLY_CONF.items():
+        params[name].resolve(value)
+    assert RGParams.model_validate(nightly.NIGHTLY_CONF).site_conn_id == "local"

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -439,13 +440,33 @@ class SqliteLedger(LedgerStore):
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None)
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         return conn
 
     def _begin(self, cur: _Cursor) -> None:
         cur.execute("BEGIN IMMEDIATE")  # the write lock now: two migrations never interleave
+
+
+#: seconds a SQLite ledger write waits for another process's lock
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """WAL (readers never wait for the writer) is a property of the file, switched once. The
+    switch needs the file to itself, and SQLite answers "database is locked" at once, without
+    its busy timeout, when several first uses switch together (seen with 4 at once): try
+    again within the same timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def default_sqlite_path() -> Path:

@@ -169,7 +169,10 @@ class SSHTransport(Transport):
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     progressed = True
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                # the end is the server's EOF, not the exit status: sshd may send the status
+                # while output the command wrote just before exiting is still on its way, and
+                # stopping then cut outputs short (seen: 9 of 300 under load)
+                if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 if chan.closed and not progressed:
                     break
