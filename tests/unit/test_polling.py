@@ -26,6 +26,11 @@ class CountingTransport(AsyncLocalTransport):
         self.commands: list[tuple[float, str]] = []  # (monotonic time, the script run)
         self.fail_first = fail_first
         self.fail_always = fail_always
+        self.closed = 0  # close() calls: each ends a connection a later command reopens
+
+    async def close(self) -> None:
+        self.closed += 1
+        await super().close()
 
     async def _exec(self, line, stdin, timeout):
         self.commands.append((time.monotonic(), line))
@@ -180,18 +185,6 @@ def test_a_slow_site_that_answers_within_the_grace_is_not_down(local_site):
     assert len(transport.answered) >= 3  # several slow answers, none counted as an outage
 
 
-class ClosingCountingTransport(CountingTransport):
-    """Also counts close() calls: each one ends a connection a later command reopens."""
-
-    def __init__(self):
-        super().__init__()
-        self.closed = 0
-
-    async def close(self) -> None:
-        self.closed += 1
-        await super().close()
-
-
 def test_a_round_watched_within_the_linger_reuses_the_connection(local_site):
     """A campaign's next round comes after its collect and replan tasks: the registered poller
     keeps its transport open for ``idle_linger`` and the next round is watched by the same loop
@@ -200,7 +193,7 @@ def test_a_round_watched_within_the_linger_reuses_the_connection(local_site):
 
     first = submit(local_site, ["sh", "-c", "sleep 0.3"])
     second = submit(local_site, ["sh", "-c", "sleep 0.3"])
-    transport = ClosingCountingTransport()
+    transport = CountingTransport()
 
     async def two_rounds_with_a_pause():
         p = poller_for("local-linger", lambda: poller(transport, idle_linger=1.5))
@@ -227,7 +220,7 @@ def test_without_a_linger_the_idle_poller_closes_at_once(local_site):
     from batchsite.polling import poller_for
 
     sub = submit(local_site, ["sh", "-c", "sleep 0.2"])
-    transport = ClosingCountingTransport()
+    transport = CountingTransport()
 
     async def one_round():
         p = poller_for("local-no-linger", lambda: poller(transport, idle_linger=0))

@@ -10,9 +10,9 @@ from batchsite.config import local_site_config
 from batchsite.model import JobState, Submission
 from batchsite.polling import poller_for, site_poller
 from batchsite.rounds import RoundWatch, RoundWatchEvent
-from batchsite.transport.local import AsyncLocalTransport
 from batchsite.triggers.round import BatchRoundTrigger
 from tests.unit.local_rounds import submit, wait_finished
+from tests.unit.test_polling import CountingTransport
 
 SCALARS = (str, int, float, bool, type(None))
 
@@ -74,24 +74,12 @@ def test_the_deadline_fires_a_timeout_event(local_site):
     local_site.cancel([sub])
 
 
-class CloseCountingTransport(AsyncLocalTransport):
-    """The local transport, counting close() calls (the shared poller's connection)."""
-
-    def __init__(self):
-        super().__init__()
-        self.closed = 0
-
-    async def close(self) -> None:
-        self.closed += 1
-        await super().close()
-
-
 def test_on_kill_cancels_its_round_and_leaves_the_shared_poller_to_the_others(local_site):
     killed = submit(local_site, ["sleep", "60"], ["sleep", "60"])
     other = submit(local_site, ["sh", "-c", "sleep 3"])
 
     async def scenario():
-        shared = CloseCountingTransport()
+        shared = CountingTransport()
         poller = poller_for("local", lambda: site_poller(local_site_config(), shared))
         doomed, survivor = trigger_for(killed), trigger_for(other)
         doomed_run = asyncio.ensure_future(survivor_first(doomed))
