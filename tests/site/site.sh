@@ -57,6 +57,7 @@
 #   BATCHSITE_FLAVOUR_SCALE   lxplus +JobFlavour limits x this (number or fraction) [5/1200:
 #                             espresso 20 min -> 5 s, microcentury 1 h -> 15 s; 1 = as lxplus]
 #   BATCHSITE_SITE_START_TIMEOUT [90]  BATCHSITE_SITE_STOP_TIMEOUT [20] (then SIGKILL)
+#   BATCHSITE_SLURM_CPUS      CPUs the test Slurm node advertises, over-committed [32]
 #
 # Choices: slurmctld and slurmdbd run as SlurmUser=slurm (they drop privileges themselves;
 # their state/log dirs are owned by slurm), slurmd as root, munged as munge, mariadbd as
@@ -77,6 +78,12 @@ SSH_LISTEN=${BATCHSITE_SSH_LISTEN:-127.0.0.1}
 DB_PORT=${BATCHSITE_DB_PORT:-3307}
 PG_PORT=${BATCHSITE_PG_PORT:-5433}
 START_TIMEOUT=${BATCHSITE_SITE_START_TIMEOUT:-90}
+# CPUs the test Slurm node advertises (SlurmdParameters=config_overrides: more than the machine
+# has). A 2-CPU runner with CPUs=2 starts ~2 array tasks a second (one per freed CPU per
+# scheduling pass); trivial test payloads are not CPU-bound, so 32 lets ~35 a second start and
+# keeps rounds of many tests from queueing behind each other. Memory is advertised at 2 GB per
+# CPU (DefMemPerCPU) or the real MemTotal - 1 GB, whichever is larger.
+SLURM_CPUS=${BATCHSITE_SLURM_CPUS:-32}
 STOP_TIMEOUT=${BATCHSITE_SITE_STOP_TIMEOUT:-20}
 
 SITE_USER=bsite
@@ -666,7 +673,8 @@ ensure_postgres() {
 # ---------------------------------------------------------------- slurmctld + slurmd
 slurm_conf_content() {  # accounting|none
   local mem
-  mem=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 - 1024}' /proc/meminfo)
+  [[ $SLURM_CPUS =~ ^[1-9][0-9]{0,3}$ ]] || die "BATCHSITE_SLURM_CPUS='$SLURM_CPUS': expected a whole number of CPUs, 1-9999"
+  mem=$(awk -v c="$SLURM_CPUS" '/^MemTotal:/ {m = int($2 / 1024 - 1024); if (m < c * 2048) m = c * 2048; print m}' /proc/meminfo)
   cat <<EOF
 # batchsite test site: single-node Slurm (written by tests/site/site.sh; mode $1)
 ClusterName=$CLUSTER
@@ -697,6 +705,10 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=2048
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
+SlurmdParameters=config_overrides
+# finished jobs stay a day (MinJobAge) for the tests to inspect; every array task counts, so the
+# default MaxJobCount (10,000) would be full after one 10,000-unit round
+MaxJobCount=500000
 MinJobAge=86400
 ReturnToService=2
 JobCompType=jobcomp/none
@@ -709,7 +721,7 @@ EOF
     echo "AccountingStorageType=accounting_storage/none"
   fi
   cat <<EOF
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=2 Sockets=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$SLURM_CPUS Sockets=1 CoresPerSocket=$SLURM_CPUS ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
