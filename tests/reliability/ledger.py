@@ -114,13 +114,16 @@ class Run:
     finished: str = ""
     rows_passed: int = 0
     rows_failed: int = 0
+    #: the whole-suite run this session is a lane of (scripts/test_lanes.sh sets
+    #: BATCHSITE_TEST_SUITE): the README table merges every lane's results of one suite run
+    suite: str = ""
 
 
 def new_run() -> Run:
     commit = current_commit()
     started = utc_now()
     return Run(id=f"{started.replace(':', '').replace('-', '')}-{commit[:10]}-{os.getpid()}", commit=commit,
-               started=started)
+               started=started, suite=os.environ.get("BATCHSITE_TEST_SUITE", ""))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -161,6 +164,23 @@ def latest_results() -> Path:
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def load_suite(path: Path) -> dict:
+    """``path``'s results, merged with those of the other lanes of the same suite run (the lanes
+    of scripts/test_lanes.sh are separate pytest sessions, each writing its own file)."""
+    data = load(path)
+    suite = data["run"].get("suite")
+    if not suite:
+        return data
+    lanes = [d for d in map(load, sorted(path.parent.glob("results-*.json"))) if d["run"].get("suite") == suite]
+    runs = [d["run"] for d in lanes]
+    commits = sorted({r["commit"] for r in runs})
+    return {"run": {"id": suite, "commit": " + ".join(commits), "started": min(r["started"] for r in runs),
+                    "finished": max(r["finished"] for r in runs),
+                    "rows_passed": sum(r["rows_passed"] for r in runs),
+                    "rows_failed": sum(r["rows_failed"] for r in runs), "suite": suite},
+            "rows": [row for d in lanes for row in d["rows"]]}
 
 
 def _count(row: dict, name: str) -> str:
@@ -223,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--readme", action="store_true", help="rewrite the README table (else print it)")
     args = ap.parse_args(argv)
     path = args.results or latest_results()
-    table = render(load(path))
+    table = render(load_suite(path))
     if args.readme:
         write_readme(table)
         print(f"README.md reliability table rewritten from {path}")
