@@ -5,7 +5,7 @@
 # ~33% of 2 cores), so two lanes run side by side:
 #   lane A: tests/unit (needs no site: starts before the site is up), then the Airflow
 #           deployment tests, the reliability tests that share the site, and the FASER
-#           integration files (moved over to balance the lanes);
+#           and right-sizing integration files (moved over to balance the lanes);
 #   lane B: the other integration tests.
 # Then, alone and in this order, what takes the whole site and would break or starve a test
 # running beside it (ALONE below): daemons stopped or killed, every CPU held by a blocking job,
@@ -27,7 +27,8 @@ ALONE=(
   tests/integration/test_scale.py                 # 10,000-unit rounds: every slot for minutes
   tests/integration/test_zz_slurm_no_accounting.py  # restarts Slurm without accounting: last
 )
-MOVED_TO_A=(tests/integration/test_faser.py tests/integration/test_faser_group_chain.py)
+MOVED_TO_A=(tests/integration/test_faser.py tests/integration/test_faser_group_chain.py
+            tests/integration/test_right_sizing.py)
 
 ignore_args() { local f; for f; do printf -- '--ignore=%s\n' "$f"; done; }
 mapfile -t IGNORE_ALONE < <(ignore_args "${ALONE[@]}")

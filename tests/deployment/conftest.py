@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -32,13 +33,41 @@ import httpx
 import psycopg2
 import pytest
 
-from ..conftest import REPO, VENV_BIN, site_conn
+from ..conftest import REPO, VENV_BIN, on_site, site_conn
 from .client import AirflowClient
 
 ADMIN = "admin"
 #: the DAGs every deployment test needs parsed before it starts
 REQUIRED_DAGS = ("rg_campaign", "batchsite_headline", "campaign_outputs")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+#: the slow-poll connections' env script (on the site, beside the site's own) sources the site's
+#: and then holds every batch job (Slurm or HTCondor) of their rounds while GATE_HOLD exists, at
+#: most 300 s: a fault test kills the triggerer while the round surely still runs, however fast
+#: the site is, and lets the jobs go after the new triggerer is up
+GATED_ENV = "fault-gate/env.sh"
+GATE_HOLD = "fault-gate/hold"
+_GATED_ENV_SCRIPT = """. {site_env}
+if [ -n "${{SLURM_JOB_ID:-}}${{_CONDOR_JOB_AD:-}}" ]; then
+  bs_gate_ticks=0
+  while [ -e {hold} ] && [ "$bs_gate_ticks" -lt 3000 ]; do sleep 0.1; bs_gate_ticks=$((bs_gate_ticks + 1)); done
+fi
+"""
+
+
+def site_home_path(info: dict, relative: str) -> str:
+    """A path beside the site's env script (the site user's home)."""
+    return f"{os.path.dirname(info['env_script'])}/{relative}"
+
+
+def install_gated_env(info: dict) -> str:
+    path, hold = site_home_path(info, GATED_ENV), site_home_path(info, GATE_HOLD)
+    text = _GATED_ENV_SCRIPT.format(site_env=info["env_script"], hold=hold)
+    r = on_site(info, f"mkdir -p {os.path.dirname(path)} && rm -f {hold} && printf '%s' {shlex.quote(text)} > {path}.tmp"
+                      f" && mv {path}.tmp {path}")
+    if r.returncode != 0:
+        pytest.fail(f"could not write {path} on the site: {r.stderr}", pytrace=False)
+    return path
 START_TIMEOUT = float(os.environ.get("BATCHSITE_DEPLOYMENT_START_TIMEOUT", "180"))
 STOP_TIMEOUT = 20.0
 
@@ -207,6 +236,7 @@ def deployment(site_info, condor_pool, tmp_path_factory) -> Iterator[Deployment]
     admin_uri = pg["airflow_uri"]  # the airflow role's own database; CREATEDB lets it add ours
     _admin_sql(admin_uri, f'CREATE DATABASE "{database}"')
 
+    gated_env = install_gated_env(condor_pool)
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -243,10 +273,13 @@ def deployment(site_info, condor_pool, tmp_path_factory) -> Iterator[Deployment]
         "BATCHSITE_LOCAL_ROOT": str(local_root),
         "AIRFLOW_CONN_SLURM_SITE": json.dumps(site_conn(condor_pool, "slurm")),
         "AIRFLOW_CONN_CONDOR_SITE": json.dumps(site_conn(condor_pool, "htcondor")),
-        # the same Slurm site polled every 10 s: a trigger that is still watching when a test
-        # kills the triggerer (test_triggerer_killed_while_a_round_is_deferred)
-        "AIRFLOW_CONN_SLURM_SITE_SLOW_POLL": json.dumps(site_conn(condor_pool, "slurm", poll_interval=10)),
-        "AIRFLOW_CONN_CONDOR_SITE_SLOW_POLL": json.dumps(site_conn(condor_pool, "htcondor", poll_interval=10)),
+        # the same sites polled every 10 s, their jobs held while the gate is closed: a trigger
+        # that is still watching when a test kills the triggerer
+        # (test_triggerer_killed_while_a_round_is_deferred)
+        "AIRFLOW_CONN_SLURM_SITE_SLOW_POLL": json.dumps(site_conn(condor_pool, "slurm", poll_interval=10,
+                                                                  env_script=gated_env)),
+        "AIRFLOW_CONN_CONDOR_SITE_SLOW_POLL": json.dumps(site_conn(condor_pool, "htcondor", poll_interval=10,
+                                                                   env_script=gated_env)),
     })
     dep = Deployment(home=home, base_url=base_url, env=env, admin_password=admin_password, site=condor_pool,
                      local_root=local_root)

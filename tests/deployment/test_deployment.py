@@ -26,6 +26,7 @@ from ..airflow_runs import dagman_jobs, slurm_jobs_named
 from ..conftest import on_site, site_conn
 from ..reliability.counting import round_count
 from .client import AirflowClient
+from .conftest import GATE_HOLD, site_home_path
 
 DAG = "rg_campaign"
 
@@ -202,11 +203,10 @@ def test_triggerer_killed_while_a_round_is_deferred(deployment, fault_record, sc
     site = deployment.site
     version = f"dk{uuid.uuid4().hex[:6]}"
     task_id = "round_01.submit"
-    # the slow-poll connection (poll_interval 10 s): after its first look the trigger sleeps, so
-    # the round is still being watched when the kill comes
-    t0 = time.monotonic()
+    # the slow-poll connection (poll_interval 10 s, its jobs held while the gate is closed): the
+    # round is still running, and being watched, when the kill comes
+    hold = site_home_path(site, GATE_HOLD)
     conn_id = f"{'slurm' if scheduler == 'slurm' else 'condor'}_site_slow_poll"
-    run_id = _trigger(client, _slurm_conf(version, conn_id=conn_id, steps=1))
     killed: dict[str, float] = {}
 
     def kill_once_watched(tis: list[dict]) -> None:
@@ -223,8 +223,16 @@ def test_triggerer_killed_while_a_round_is_deferred(deployment, fault_record, sc
         old.wait(timeout=30)
         killed.update(at=time.monotonic(), pid=old.pid)
         killed["new_pid"] = deployment.start("triggerer").pid
+        on_site(site, f"rm -f {hold}")  # the jobs go on; the new triggerer sees the round through
 
-    run = _wait(deployment, client, run_id, on_poll=kill_once_watched)
+    gate = on_site(site, f"touch {hold}")
+    assert gate.returncode == 0, gate.stderr
+    t0 = time.monotonic()
+    try:
+        run_id = _trigger(client, _slurm_conf(version, conn_id=conn_id, steps=1))
+        run = _wait(deployment, client, run_id, on_poll=kill_once_watched)
+    finally:
+        on_site(site, f"rm -f {hold}")
     assert killed, f"{task_id} was never seen deferred and watched: {client.describe_tasks(DAG, run_id)}"
     done = time.monotonic()
     _assert_success(client, run_id, run)
