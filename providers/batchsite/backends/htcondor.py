@@ -73,6 +73,10 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 _RESERVED_NODE_NAMES = {"parent", "child", "all_nodes", FANIN_LAYER}
 SUBMIT_SCRIPT = shellscripts.load("batchsite.backends", "htcondor_submit.sh")
 FIND_SCRIPT = shellscripts.load("batchsite.backends", "htcondor_find.sh")
+#: ``bs_history_constraint CLUSTER NODE_STATUS_FILE``: the history a finished DAG needs
+HISTORY_HELPER = shellscripts.load("batchsite.backends", "htcondor_history.sh")
+#: the status script's history constraint, made on the site (history_constraint_script)
+HISTORY_WORD = '"$bs_hist"'
 
 
 @dataclass(frozen=True)
@@ -419,18 +423,30 @@ def condor_q_command(section: str, clusters: Sequence[str]) -> str:
             f"-attributes {','.join(ATTRIBUTES)}")
 
 
-def condor_history_command(section: str, clusters: Sequence[str], since: int, limit: int) -> str:
+def condor_history_command(section: str, clusters: Sequence[str], since: int, limit: int,
+                           constraint_text: str | None = None) -> str:
+    """``constraint_text``: a shell word standing for the constraint (the status script's
+    ``"$bs_hist"``, made on the site from the node status files); default: every job of the DAGs."""
     # -completedsince stops the (backwards) scan at the first older record: on a busy
     # schedd an unbounded history query reads the whole file
-    return (f"condor_history{_name_opt(section)} -json -constraint {q(constraint(clusters))} "
+    cons = constraint_text or q(constraint(clusters))
+    return (f"condor_history{_name_opt(section)} -json -constraint {cons} "
             f"-attributes {','.join(ATTRIBUTES)} -completedsince {since} -limit {limit}")
+
+
+def history_constraint_script(group: Sequence[Submission]) -> str:
+    """Sets ``bs_hist``: the history constraint of these DAGs, for each the DAGMan job and the
+    node jobs not STATUS_DONE in its node status file (htcondor_history.sh)."""
+    parts = [f"$(bs_history_constraint {q(s.fanout_id)} {q(s.workdir + '/' + node_status_file(s.key))})"
+             for s in group]
+    return 'bs_hist="' + " || ".join(parts) + '"'
 
 
 def render_status_script(subs: Sequence[Submission], default_schedd: str | None = None) -> str:
     if not subs:
         return "true\n"
     _cluster_ids(subs)
-    lines = [common.RUN_HELPER]
+    lines = [common.RUN_HELPER, HISTORY_HELPER]
     for section, group in _schedd_groups(subs, default_schedd).items():
         clusters = [s.fanout_id for s in group]
         since = int(min(s.submitted_at for s in group)) - 3600
@@ -445,7 +461,8 @@ def render_status_script(subs: Sequence[Submission], default_schedd: str | None 
             f"grep -qs 'STATUS_ERROR' {nsfs} && need=1",
             common.section_header("condor_history", section),
             'if [ "$need" = 1 ]; then',
-            f"  bs_run {condor_history_command(section, clusters, since, limit)}",
+            f"  {history_constraint_script(group)}",
+            "  bs_run " + condor_history_command(section, clusters, since, limit, constraint_text=HISTORY_WORD),
             "else echo '!skipped'; fi",
         ]
     for s in subs:

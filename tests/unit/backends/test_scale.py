@@ -16,7 +16,7 @@ from pathlib import Path
 import classad2
 import pytest
 
-from batchsite.backends import common, htcondor_parse, slurm, slurm_parse
+from batchsite.backends import common, htcondor, htcondor_parse, slurm, slurm_parse
 from batchsite.backends.slurm_parse import SlurmLimits
 from batchsite.model import (
     JobState, RoundDigest, RoundSpec, RoundStatus, Submission, TaskStatus, UnitTemplate, WorkUnit, expand_ranges,
@@ -254,6 +254,40 @@ def test_status_of_a_50000_node_dag():
     st = htcondor_parse.parse_status(text, [sub])["bs-big-1"]
     assert st.failed_indices == list(range(3, n, 1000)) and st.units[3].exit_code == 2
     assert st.counts()["done"] == n - 50
+
+
+def _history_constraint(cluster: str, node_status_text: str | None, tmp_path) -> str:
+    path = tmp_path / f"dag{cluster}.status"
+    if node_status_text is not None:
+        path.write_text(node_status_text)
+    script = htcondor.HISTORY_HELPER + f'\nbs_history_constraint {cluster} "{path}"\n'
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    return r.stdout
+
+
+def test_a_finished_dags_history_is_asked_for_the_dagman_job_and_the_nodes_not_done(tmp_path):
+    """The history of a DAG that left the queue: its DAGMan job and the node jobs the node status
+    file does not call STATUS_DONE; the 10,000 done nodes' ads (5 MB of JSON) stay on the site."""
+    assert _history_constraint("77", fixture("htcondor/nodes_done.txt"), tmp_path) == "ClusterId == 77"
+    failed = common.split_sections(fixture("htcondor/status_failed.txt"))
+    nodes = failed[("nodes", next(k for t, k in failed if t == "nodes"))]
+    assert _history_constraint("78", nodes, tmp_path) == \
+        'ClusterId == 78 || (DAGManJobId == 78 && member(DAGNodeName, {"unit1","unit3","fanin"}))'
+    # no node status file (the DAG died before writing one), or an empty one: every job, as before
+    assert _history_constraint("79", None, tmp_path) == "ClusterId == 79 || DAGManJobId == 79"
+    assert _history_constraint("81", "", tmp_path) == "ClusterId == 81 || DAGManJobId == 81"
+    # more than 1000 nodes left: one plain constraint instead of a huge member() list
+    many = "".join(f'[\n  Type = "NodeStatus";\n  Node = "unit{i}";\n  NodeStatus = 6;\n]\n' for i in range(1001))
+    assert _history_constraint("80", many, tmp_path) == "ClusterId == 80 || DAGManJobId == 80"
+
+
+def test_the_status_script_asks_the_history_with_the_constraint_made_on_the_site():
+    subs = [Submission(key=f"bs-h-{i}", scheduler="htcondor", fanout_id=str(70 + i), workdir=f"/w/bs-h-{i}",
+                       indices=[0, 1], submitted_at=1.0) for i in range(2)]
+    script = htcondor.render_status_script(subs)
+    assert 'bs_hist="$(bs_history_constraint 70 /w/bs-h-0/bs-h-0.status) || ' \
+           '$(bs_history_constraint 71 /w/bs-h-1/bs-h-1.status)"' in script.replace("'", "")
+    assert 'condor_history -json -constraint "$bs_hist"' in script
 
 
 # ---------------------------------------------------------------------------- Airflow payloads
