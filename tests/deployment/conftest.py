@@ -68,6 +68,8 @@ def install_gated_env(info: dict) -> str:
     if r.returncode != 0:
         pytest.fail(f"could not write {path} on the site: {r.stderr}", pytrace=False)
     return path
+
+
 START_TIMEOUT = float(os.environ.get("BATCHSITE_DEPLOYMENT_START_TIMEOUT", "180"))
 STOP_TIMEOUT = 20.0
 

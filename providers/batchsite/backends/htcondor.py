@@ -423,14 +423,12 @@ def condor_q_command(section: str, clusters: Sequence[str]) -> str:
             f"-attributes {','.join(ATTRIBUTES)}")
 
 
-def condor_history_command(section: str, clusters: Sequence[str], since: int, limit: int,
-                           constraint_text: str | None = None) -> str:
-    """``constraint_text``: a shell word standing for the constraint (the status script's
-    ``"$bs_hist"``, made on the site from the node status files); default: every job of the DAGs."""
+def condor_history_command(section: str, constraint_word: str, since: int, limit: int) -> str:
+    """``constraint_word``: one shell word that gives the constraint (the status script's
+    ``"$bs_hist"``, made on the site from the node status files)."""
     # -completedsince stops the (backwards) scan at the first older record: on a busy
     # schedd an unbounded history query reads the whole file
-    cons = constraint_text or q(constraint(clusters))
-    return (f"condor_history{_name_opt(section)} -json -constraint {cons} "
+    return (f"condor_history{_name_opt(section)} -json -constraint {constraint_word} "
             f"-attributes {','.join(ATTRIBUTES)} -completedsince {since} -limit {limit}")
 
 
@@ -462,7 +460,7 @@ def render_status_script(subs: Sequence[Submission], default_schedd: str | None 
             common.section_header("condor_history", section),
             'if [ "$need" = 1 ]; then',
             f"  {history_constraint_script(group)}",
-            "  bs_run " + condor_history_command(section, clusters, since, limit, constraint_text=HISTORY_WORD),
+            "  bs_run " + condor_history_command(section, HISTORY_WORD, since, limit),
             "else echo '!skipped'; fi",
         ]
     for s in subs:
